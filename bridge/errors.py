@@ -1,0 +1,298 @@
+"""Every fault Körpü reports, with a stable code.
+
+One root, :class:`KorpuError`.  Each class fixes a ``code`` (X-Road style, CamelCase), an ``http_status`` and a
+default ``origin``; the fault code a caller sees is ``origin + "." + code`` (``Client.InvalidIdentifier``,
+``Server.ClientProxy.OutdatedGlobalConf``).  Codes are part of the public interface: never rename one, and list
+new ones in ``docs/errors.md``.  Messages are for people and may change; they never contain stack traces,
+file paths of the server, SQL or key material.
+
+::
+
+    KorpuError                              Server.InternalError            500
+    ├── ClientError                         Client.BadRequest               400
+    │   ├── InvalidIdentifier               Client.InvalidIdentifier        400
+    │   ├── InvalidRequest                  Client.InvalidRequest           400
+    │   ├── InvalidCsr                      Client.InvalidCsr               400
+    │   ├── NotFound                        Client.NotFound                 404
+    │   ├── Conflict                        Client.Conflict                 409
+    │   │   ├── DuplicateRegistration       Client.DuplicateRegistration    409
+    │   │   └── InvalidState                Client.InvalidState             409
+    │   ├── MissingApiKey                   Client.MissingApiKey            401
+    │   ├── InvalidApiKey                   Client.InvalidApiKey            401
+    │   └── InsufficientRole                Client.InsufficientRole         403
+    ├── ConfigError                         Server.InvalidConfiguration     500
+    ├── TokenError                          Server.TokenError               500
+    │   ├── WrongPin                        Server.WrongPin                 403
+    │   ├── TokenNotInitialized             Server.TokenNotInitialized      500
+    │   └── KeyNotFound                     Server.KeyNotFound              500
+    ├── PkiError                            Server.PkiError                 500
+    │   ├── CertificateInvalid              Server.InvalidCertificate       500
+    │   └── CertificateRevoked              Server.CertificateRevoked       500
+    ├── GlobalConfError                     Server.GlobalConfError          500
+    │   ├── GlobalConfMalformed             Server.MalformedGlobalConf      500
+    │   ├── GlobalConfSignatureInvalid      Server.InvalidGlobalConfSignature 500
+    │   ├── GlobalConfExpired               Server.OutdatedGlobalConf       500
+    │   └── GlobalConfUnavailable           Server.GlobalConfUnavailable    500
+    ├── AnchorInvalid                       Server.InvalidAnchor            500
+    ├── UpstreamUnavailable                 Server.NetworkError             502
+    └── DatabaseError                       Server.DatabaseError            500
+
+Use :func:`render_json` (REST and management APIs) or :func:`render_soap_fault` to turn an error into a response
+body; nothing else should format errors for callers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+__all__ = [
+    "AnchorInvalid",
+    "CertificateInvalid",
+    "CertificateRevoked",
+    "ClientError",
+    "ConfigError",
+    "Conflict",
+    "DatabaseError",
+    "DuplicateRegistration",
+    "GlobalConfError",
+    "GlobalConfExpired",
+    "GlobalConfMalformed",
+    "GlobalConfSignatureInvalid",
+    "GlobalConfUnavailable",
+    "InsufficientRole",
+    "InvalidApiKey",
+    "InvalidCsr",
+    "InvalidIdentifier",
+    "InvalidRequest",
+    "InvalidState",
+    "KeyNotFound",
+    "KorpuError",
+    "MissingApiKey",
+    "NotFound",
+    "PkiError",
+    "TokenError",
+    "TokenNotInitialized",
+    "UpstreamUnavailable",
+    "WrongPin",
+    "render_json",
+]
+
+
+class KorpuError(Exception):
+    """Root of every Körpü fault.
+
+    ``origin`` may be overridden per instance, because the same condition (an expired global configuration, say)
+    is reported as ``Server.ClientProxy…`` on the consumer's side and ``Server.ServerProxy…`` on the provider's.
+    """
+
+    code: ClassVar[str] = "InternalError"
+    http_status: ClassVar[int] = 500
+    origin_default: ClassVar[str] = "Server"
+
+    def __init__(self, message: str, *, origin: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.origin = origin or self.origin_default
+        self.detail = detail
+
+    @property
+    def fault_code(self) -> str:
+        """The full fault code: origin, a dot, and the stable code."""
+        return f"{self.origin}.{self.code}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as X-Road's REST error body: ``{type, message, detail}``."""
+        return {"type": self.fault_code, "message": self.message, "detail": self.detail}
+
+    def __str__(self) -> str:
+        return f"{self.fault_code}: {self.message}"
+
+
+# Caller's mistakes ---------------------------------------------------------------------------------------------
+
+
+class ClientError(KorpuError):
+    """The caller sent something wrong; retrying the same request will fail the same way."""
+
+    code = "BadRequest"
+    http_status = 400
+    origin_default = "Client"
+
+
+class InvalidIdentifier(ClientError):
+    """An X-Road identifier is malformed or of the wrong kind."""
+
+    code = "InvalidIdentifier"
+
+
+class InvalidRequest(ClientError):
+    """A request body or parameter fails validation."""
+
+    code = "InvalidRequest"
+
+
+class InvalidCsr(ClientError):
+    """A certificate signing request cannot be parsed, is not self-signed correctly, or has a weak key."""
+
+    code = "InvalidCsr"
+
+
+class NotFound(ClientError):
+    """The named object does not exist."""
+
+    code = "NotFound"
+    http_status = 404
+
+
+class Conflict(ClientError):
+    """The request conflicts with the current state."""
+
+    code = "Conflict"
+    http_status = 409
+
+
+class DuplicateRegistration(Conflict):
+    """The object is already registered, or a registration request for it is pending."""
+
+    code = "DuplicateRegistration"
+
+
+class InvalidState(Conflict):
+    """The object is not in a state that allows this action (approving a rejected request, say)."""
+
+    code = "InvalidState"
+
+
+class MissingApiKey(ClientError):
+    """The management API was called without an API key."""
+
+    code = "MissingApiKey"
+    http_status = 401
+
+
+class InvalidApiKey(ClientError):
+    """The API key is unknown or revoked."""
+
+    code = "InvalidApiKey"
+    http_status = 401
+
+
+class InsufficientRole(ClientError):
+    """The API key's roles do not allow this operation."""
+
+    code = "InsufficientRole"
+    http_status = 403
+
+
+# Server-side conditions ----------------------------------------------------------------------------------------
+
+
+class ConfigError(KorpuError):
+    """A configuration file is missing, unreadable or invalid; the message names the file and key."""
+
+    code = "InvalidConfiguration"
+
+
+class TokenError(KorpuError):
+    """The software token (key store) cannot do what was asked."""
+
+    code = "TokenError"
+
+
+class WrongPin(TokenError):
+    """The PIN does not open the token."""
+
+    code = "WrongPin"
+    http_status = 403
+
+
+class TokenNotInitialized(TokenError):
+    """The token directory has not been initialised."""
+
+    code = "TokenNotInitialized"
+
+
+class KeyNotFound(TokenError):
+    """No key with that label is in the token."""
+
+    code = "KeyNotFound"
+
+
+class PkiError(KorpuError):
+    """A certificate, OCSP or timestamp operation failed."""
+
+    code = "PkiError"
+
+
+class CertificateInvalid(PkiError):
+    """A certificate does not chain to an approved CA, is outside its validity, or has the wrong profile."""
+
+    code = "InvalidCertificate"
+
+
+class CertificateRevoked(PkiError):
+    """A certificate has been revoked."""
+
+    code = "CertificateRevoked"
+
+
+class GlobalConfError(KorpuError):
+    """Global configuration cannot be used."""
+
+    code = "GlobalConfError"
+
+
+class GlobalConfMalformed(GlobalConfError):
+    """A downloaded global configuration does not parse or does not validate against its schema."""
+
+    code = "MalformedGlobalConf"
+
+
+class GlobalConfSignatureInvalid(GlobalConfError):
+    """A global configuration's signature does not verify against the configuration anchor."""
+
+    code = "InvalidGlobalConfSignature"
+
+
+class GlobalConfExpired(GlobalConfError):
+    """The newest valid global configuration has expired; no traffic may pass until a fresh one arrives."""
+
+    code = "OutdatedGlobalConf"
+
+
+class GlobalConfUnavailable(GlobalConfError):
+    """No valid global configuration has ever been obtained."""
+
+    code = "GlobalConfUnavailable"
+
+
+class AnchorInvalid(KorpuError):
+    """The configuration anchor file cannot be read or is malformed."""
+
+    code = "InvalidAnchor"
+
+
+class UpstreamUnavailable(KorpuError):
+    """A network peer (central server, OCSP responder, TSA, another security server) could not be reached."""
+
+    code = "NetworkError"
+    http_status = 502
+
+
+class DatabaseError(KorpuError):
+    """The database failed; the transaction was rolled back."""
+
+    code = "DatabaseError"
+
+
+def render_json(error: KorpuError, correlation_id: str | None = None) -> bytes:
+    """Render ``error`` as X-Road's REST error JSON body.
+
+    ``detail`` carries the correlation id when the error has no detail of its own, so an operator can find the
+    diagnostic log entry without the caller seeing internals.
+    """
+    body = error.to_dict()
+    if body["detail"] is None:
+        body["detail"] = correlation_id
+    return json.dumps(body, ensure_ascii=False).encode()

@@ -1,0 +1,1 @@
+"""The permission policy engine: pure access decisions with reasons (filled in with message exchange)."""

@@ -1,0 +1,1 @@
+"""The security server an agency runs: global-configuration client, key token, admin API and (next) the proxies."""
