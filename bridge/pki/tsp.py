@@ -1,0 +1,228 @@
+"""RFC 3161 timestamp client side: requests, responses, and verification of timestamp tokens.
+
+asn1crypto (untyped) is used only inside this module; the public functions take and return ``bytes``,
+``int`` and ``datetime`` so no ``Any`` leaks into callers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from typing import Any, ClassVar
+
+from asn1crypto import cms, core, tsp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+
+from bridge.errors import CertificateInvalid, PkiError
+from bridge.pki.keys import as_public_key, verify_signature
+from bridge.pki.profile import check_tsa_cert
+
+__all__ = [
+    "make_timestamp_request",
+    "parse_timestamp_response",
+    "timestamp_request_nonce",
+    "verify_timestamp_token",
+]
+
+
+class TimeStampRespAsn1(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """RFC 3161 TimeStampResp with timeStampToken OPTIONAL, as the RFC has it.
+
+    asn1crypto's own ``tsp.TimeStampResp`` makes the token mandatory, so it can neither parse nor build a rejection.
+    """
+
+    _fields: ClassVar[list[tuple[Any, ...]]] = [
+        ("status", tsp.PKIStatusInfo),
+        ("time_stamp_token", cms.ContentInfo, {"optional": True}),
+    ]
+
+
+_DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+# How asn1crypto names signature algorithms in a SignerInfo, mapped to the hash they use.  "rsassa_pkcs1v15" and
+# "ecdsa" (no hash in the OID) take the SignerInfo's digestAlgorithm instead, as RFC 5652 allows.
+_SIG_HASH = {
+    "sha256_rsa": "sha256",
+    "sha384_rsa": "sha384",
+    "sha512_rsa": "sha512",
+    "sha256_ecdsa": "sha256",
+    "sha384_ecdsa": "sha384",
+    "sha512_ecdsa": "sha512",
+}
+
+
+def _check_alg(hash_alg: str, digest: bytes | None = None) -> None:
+    if hash_alg not in _DIGEST_SIZES:
+        raise PkiError(f"unsupported timestamp hash algorithm {hash_alg!r}")
+    if digest is not None and len(digest) != _DIGEST_SIZES[hash_alg]:
+        raise PkiError(f"a {hash_alg} digest is {_DIGEST_SIZES[hash_alg]} bytes, got {len(digest)}")
+
+
+def make_timestamp_request(
+    data_digest: bytes, hash_alg: str = "sha256", nonce: bool = True, cert_req: bool = True
+) -> bytes:
+    """A DER TimeStampReq for ``data_digest`` (already hashed with ``hash_alg``), with a 64-bit random nonce."""
+    _check_alg(hash_alg, data_digest)
+    fields: dict[str, Any] = {
+        "version": "v1",
+        "message_imprint": {"hash_algorithm": {"algorithm": hash_alg}, "hashed_message": data_digest},
+        "cert_req": cert_req,
+    }
+    if nonce:
+        fields["nonce"] = secrets.randbits(63) | (1 << 62)
+    return bytes(tsp.TimeStampReq(fields).dump())
+
+
+def timestamp_request_nonce(request_der: bytes) -> int | None:
+    """The nonce of a TimeStampReq (``None`` if it has none), to pass to :func:`verify_timestamp_token`."""
+    try:
+        value = tsp.TimeStampReq.load(request_der)["nonce"].native
+    except (ValueError, TypeError) as exc:
+        raise PkiError("the timestamp request does not parse") from exc
+    return int(value) if value is not None else None
+
+
+def parse_timestamp_response(der: bytes) -> bytes:
+    """The DER timestamp token (a CMS ContentInfo) in a TimeStampResp; raise :class:`PkiError` if not granted."""
+    try:
+        response = TimeStampRespAsn1.load(der, strict=True)
+        status = response["status"]["status"].native
+        texts = response["status"]["status_string"].native or []
+        fail_info = response["status"]["fail_info"].native
+        token = response["time_stamp_token"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PkiError("the timestamp response does not parse") from exc
+    if status not in ("granted", "granted_with_mods"):
+        detail = "; ".join(str(t) for t in texts)
+        failures = ", ".join(sorted(fail_info)) if fail_info else "none"
+        raise PkiError(f"the TSA refused the request: {status} (failInfo: {failures}) {detail}".rstrip())
+    if token.native is None:
+        raise PkiError("the timestamp response is granted but carries no token")
+    return bytes(token.dump())
+
+
+def verify_timestamp_token(
+    token_der: bytes,
+    *,
+    data_digest: bytes,
+    tsa_cert: x509.Certificate,
+    hash_alg: str = "sha256",
+    nonce: int | None = None,
+) -> dt.datetime:
+    """Verify an RFC 3161 token over ``data_digest`` signed by ``tsa_cert``; return its genTime (UTC).
+
+    Does not validate ``tsa_cert``'s chain; do that with :func:`bridge.pki.profile.verify_chain` (purpose
+    ``tsa``) against the federation's trust roots.  Raises :class:`PkiError` or :class:`CertificateInvalid`.
+    """
+    _check_alg(hash_alg, data_digest)
+    # (1) The TSA certificate fits the TSA profile.
+    check_tsa_cert(tsa_cert)
+    # (2) Parse: a ContentInfo holding SignedData over a TSTInfo, with exactly one signer.
+    try:
+        content_info = cms.ContentInfo.load(token_der, strict=True)
+        if content_info["content_type"].native != "signed_data":
+            raise PkiError("the timestamp token is not CMS SignedData")
+        signed_data = content_info["content"]
+        encap = signed_data["encap_content_info"]
+        if encap["content_type"].native != "tst_info":
+            raise PkiError("the timestamp token does not contain a TSTInfo")
+        tst_der = bytes(encap["content"].contents)
+        tst_info = encap["content"].parsed
+        _ = tst_info.native
+        signer_infos = list(signed_data["signer_infos"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PkiError("the timestamp token does not parse") from exc
+    if len(signer_infos) != 1:
+        raise PkiError(f"the timestamp token has {len(signer_infos)} signers, expected 1")
+    signer = signer_infos[0]
+    _verify_signer(signer, tst_der, tsa_cert)
+    # (7) The token is about our data: same hash algorithm and digest, and our nonce if we sent one.
+    imprint = tst_info["message_imprint"]
+    if imprint["hash_algorithm"]["algorithm"].native != hash_alg:
+        raise PkiError("the timestamp token's hash algorithm differs from the one requested")
+    if imprint["hashed_message"].native != data_digest:
+        raise PkiError("the timestamp token is for other data")
+    if nonce is not None and tst_info["nonce"].native != nonce:
+        raise PkiError("the timestamp token's nonce differs from the request's")
+    # (8) genTime lies within the TSA certificate's validity.
+    gen_time = tst_info["gen_time"].native
+    if not isinstance(gen_time, dt.datetime):
+        raise PkiError("the timestamp token has no valid genTime")
+    gen_time = gen_time.astimezone(dt.UTC)
+    if not tsa_cert.not_valid_before_utc <= gen_time <= tsa_cert.not_valid_after_utc:
+        raise CertificateInvalid("the timestamp's genTime is outside the TSA certificate's validity")
+    return gen_time
+
+
+def _verify_signer(signer: Any, tst_der: bytes, tsa_cert: x509.Certificate) -> None:
+    from asn1crypto import x509 as a_x509
+
+    cert_der = tsa_cert.public_bytes(serialization.Encoding.DER)
+    a_cert = a_x509.Certificate.load(cert_der)
+    # (3) The signer is the TSA certificate (by issuer and serial, or by subject key identifier).
+    sid = signer["sid"]
+    if sid.name == "issuer_and_serial_number":
+        matches = (
+            sid.chosen["issuer"].dump() == a_cert.issuer.dump()
+            and sid.chosen["serial_number"].native == a_cert.serial_number
+        )
+    else:
+        matches = sid.chosen.native == a_cert.key_identifier
+    if not matches:
+        raise CertificateInvalid("the timestamp token was not signed by the given TSA certificate")
+    # (4) Signed attributes are mandatory for TSTInfo; contentType must be id-ct-TSTInfo.
+    attrs = signer["signed_attrs"]
+    if not attrs.native:
+        raise PkiError("the timestamp token has no signed attributes")
+    by_type: dict[str, list[Any]] = {}
+    for attr in attrs:
+        by_type.setdefault(attr["type"].native, []).append(attr["values"])
+    if any(len(v) != 1 for v in by_type.values()):
+        raise PkiError("the timestamp token repeats a signed attribute")
+
+    def single(name: str) -> Any:
+        values = by_type.get(name)
+        if values is None or len(values[0]) != 1:
+            raise PkiError(f"the timestamp token lacks the {name} signed attribute")
+        return values[0][0]
+
+    if single("content_type").native != "tst_info":
+        raise PkiError("the timestamp token's contentType attribute is not id-ct-TSTInfo")
+    # (5) messageDigest is the hash of the TSTInfo actually encapsulated.
+    digest_name = signer["digest_algorithm"]["algorithm"].native
+    if digest_name not in _DIGEST_SIZES:
+        raise PkiError(f"unsupported digest algorithm {digest_name} in the timestamp token")
+    if single("message_digest").native != hashlib.new(digest_name, tst_der).digest():
+        raise PkiError("the timestamp token's messageDigest does not match its content")
+    # The ESS signing-certificate attribute (v2, or v1 with SHA-1) must name exactly this certificate, so a
+    # token cannot be re-attributed to another certificate with the same key.
+    if "signing_certificate_v2" in by_type:
+        ess = single("signing_certificate_v2")["certs"][0]
+        ess_alg = ess["hash_algorithm"]["algorithm"].native
+        if ess_alg not in _DIGEST_SIZES or ess["cert_hash"].native != hashlib.new(ess_alg, cert_der).digest():
+            raise CertificateInvalid("the timestamp token's signingCertificateV2 names another certificate")
+    elif "signing_certificate" in by_type:
+        ess = single("signing_certificate")["certs"][0]
+        if ess["cert_hash"].native != hashlib.sha1(cert_der).digest():  # noqa: S324 - ESS v1 is defined with SHA-1
+            raise CertificateInvalid("the timestamp token's signingCertificate names another certificate")
+    else:
+        raise PkiError("the timestamp token lacks the ESS signingCertificate attribute")
+    # (6) The signature over the signed attributes, re-tagged from [0] IMPLICIT to SET OF as RFC 5652 §5.4 says.
+    signed_bytes = b"\x31" + attrs.dump()[1:]
+    sig_alg = signer["signature_algorithm"]["algorithm"].native
+    hash_name = _SIG_HASH.get(sig_alg, digest_name if sig_alg in ("rsassa_pkcs1v15", "ecdsa") else None)
+    if hash_name is None or hash_name not in _HASHES:
+        raise PkiError(f"unsupported signature algorithm {sig_alg} in the timestamp token")
+    try:
+        verify_signature(
+            as_public_key(tsa_cert.public_key()), signer["signature"].native, signed_bytes, _HASHES[hash_name]
+        )
+    except (InvalidSignature, PkiError, ValueError) as exc:
+        raise CertificateInvalid("the timestamp token's signature does not verify") from exc

@@ -1,0 +1,245 @@
+"""The timestamp authority (catalog.tsa) and token verification (bridge.pki.tsp), with `openssl ts` as referee."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from asn1crypto import tsp as a_tsp
+
+from bridge.errors import CertificateInvalid, PkiError
+from bridge.pki import profile
+from bridge.pki.keys import KeyAlgorithm, generate_private_key
+from bridge.pki.tsp import (
+    TimeStampRespAsn1,
+    make_timestamp_request,
+    parse_timestamp_response,
+    timestamp_request_nonce,
+    verify_timestamp_token,
+)
+from catalog.tsa import DEFAULT_POLICY_OID, TimestampAuthority
+from tests.fixtures.pki.pkitools import Pki, build_pki
+
+OPENSSL = "/usr/bin/openssl"
+DATA = b"message log batch 42: hash chain head 9f86d081884c7d659a2feaa0c55ad015\n"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return build_pki(tmp_path_factory.mktemp("tsa"))
+
+
+@pytest.fixture(scope="module")
+def tsa(pki: Pki) -> TimestampAuthority:
+    return TimestampAuthority(pki.tsa_cert, pki.tsa_key, pki.ca.chain)
+
+
+@pytest.fixture
+async def tsa_url(tsa: TimestampAuthority) -> AsyncIterator[str]:
+    """The TSA on a loopback port; yields its URL."""
+    app = web.Application()
+    app.add_routes(tsa.routes("/tsa"))
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield str(server.make_url("/tsa"))
+    finally:
+        await server.close()
+
+
+async def run_openssl(*args: str | Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        OPENSSL, *map(str, args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+    async with (
+        ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": "application/timestamp-query"}) as resp,
+    ):
+        return resp.status, resp.content_type, await resp.read()
+
+
+def status_of(reply: bytes) -> tuple[str, set[str] | None]:
+    status = TimeStampRespAsn1.load(reply)["status"]
+    return status["status"].native, status["fail_info"].native
+
+
+async def test_openssl_query_reply_verify(pki: Pki, tsa_url: str, tmp_path: Path) -> None:
+    """An `openssl ts -query` POSTed to the TSA yields a reply that `openssl ts -verify` accepts, and so do we."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(DATA)
+    query = tmp_path / "q.tsq"
+    code, _, err = await run_openssl("ts", "-query", "-data", data, "-sha256", "-cert", "-out", query)
+    assert code == 0, err
+    status, ctype, reply = await post(tsa_url, query.read_bytes())
+    assert (status, ctype) == (200, "application/timestamp-reply")
+    reply_path = tmp_path / "reply.tsr"
+    reply_path.write_bytes(reply)
+
+    root = pki.pem("root.pem", pki.ca.root_cert)
+    untrusted = pki.pem("tsa-and-chain.pem", pki.tsa_cert, pki.ca.issuing_cert)
+    code, out, err = await run_openssl(
+        "ts", "-verify", "-in", reply_path, "-data", data, "-CAfile", root, "-untrusted", untrusted
+    )
+    assert (code, out.strip()) == (0, "Verification: OK"), err
+    # The same check, tying the reply to the query (nonce and imprint) as well.
+    code, out, err = await run_openssl(
+        "ts", "-verify", "-in", reply_path, "-queryfile", query, "-CAfile", root, "-untrusted", untrusted
+    )
+    assert (code, out.strip()) == (0, "Verification: OK"), err
+
+    token = parse_timestamp_response(reply)
+    gen_time = verify_timestamp_token(
+        token,
+        data_digest=hashlib.sha256(DATA).digest(),
+        tsa_cert=pki.tsa_cert,
+        nonce=timestamp_request_nonce(query.read_bytes()),
+    )
+    assert abs(gen_time - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
+
+
+async def test_openssl_reply_text(tsa_url: str, tmp_path: Path) -> None:
+    """`openssl ts -reply -text` shows our policy, the granted status, the echoed nonce and a 1 s accuracy."""
+    request = make_timestamp_request(hashlib.sha256(DATA).digest())
+    _, _, reply = await post(tsa_url, request)
+    path = tmp_path / "reply.tsr"
+    path.write_bytes(reply)
+    code, out, err = await run_openssl("ts", "-reply", "-in", path, "-text")
+    assert code == 0, err
+    assert "Status: Granted." in out
+    assert f"Policy OID: {DEFAULT_POLICY_OID}" in out
+    assert "Accuracy: 0x01 seconds" in out
+    nonce = timestamp_request_nonce(request)
+    assert nonce is not None
+    assert f"Nonce: 0x{nonce:X}" in out
+
+
+def test_token_for_other_data_is_rejected(pki: Pki, tsa: TimestampAuthority) -> None:
+    """A genuine token does not verify for data other than what was timestamped."""
+    reply = tsa.respond(make_timestamp_request(hashlib.sha256(DATA).digest()))
+    token = parse_timestamp_response(reply)
+    with pytest.raises(PkiError, match="other data"):
+        verify_timestamp_token(token, data_digest=hashlib.sha256(b"other").digest(), tsa_cert=pki.tsa_cert)
+
+
+def test_token_checked_against_the_given_tsa_cert(pki: Pki, tsa: TimestampAuthority, tmp_path: Path) -> None:
+    """A token is refused when verified against another TSA's certificate."""
+    other = build_pki(tmp_path / "other")
+    token = parse_timestamp_response(tsa.respond(make_timestamp_request(hashlib.sha256(DATA).digest())))
+    with pytest.raises(CertificateInvalid, match="not signed by the given TSA certificate"):
+        verify_timestamp_token(token, data_digest=hashlib.sha256(DATA).digest(), tsa_cert=other.tsa_cert)
+
+
+def test_tampered_token_is_rejected(pki: Pki, tsa: TimestampAuthority) -> None:
+    """Changing the TSTInfo (one byte of the imprint) breaks the messageDigest check."""
+    digest = hashlib.sha256(DATA).digest()
+    token = parse_timestamp_response(tsa.respond(make_timestamp_request(digest)))
+    at = token.index(digest)
+    tampered = token[:at] + bytes([token[at] ^ 1]) + token[at + 1 :]
+    with pytest.raises(PkiError, match="messageDigest"):
+        verify_timestamp_token(tampered, data_digest=digest, tsa_cert=pki.tsa_cert)
+
+
+def test_nonce_and_cert_req_are_honoured(pki: Pki, tsa: TimestampAuthority) -> None:
+    """Without certReq no certificates are included; a wrong expected nonce is refused."""
+    from asn1crypto import cms
+
+    digest = hashlib.sha256(DATA).digest()
+    request = make_timestamp_request(digest, cert_req=False)
+    token = parse_timestamp_response(tsa.respond(request))
+    assert cms.ContentInfo.load(token)["content"]["certificates"].native is None
+    nonce = timestamp_request_nonce(request)
+    assert nonce is not None
+    verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert, nonce=nonce)
+    with pytest.raises(PkiError, match="nonce"):
+        verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert, nonce=nonce + 1)
+
+
+def test_sha512_imprint(pki: Pki, tsa: TimestampAuthority) -> None:
+    """SHA-512 imprints are accepted and verified with hash_alg='sha512'."""
+    digest = hashlib.sha512(DATA).digest()
+    token = parse_timestamp_response(tsa.respond(make_timestamp_request(digest, "sha512")))
+    verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert, hash_alg="sha512")
+
+
+def test_gen_time_is_the_given_time(pki: Pki, tsa: TimestampAuthority) -> None:
+    """respond(now=…) stamps that time, truncated to whole seconds."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=654321)
+    digest = hashlib.sha256(DATA).digest()
+    token = parse_timestamp_response(tsa.respond(make_timestamp_request(digest), now=now))
+    assert verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert) == now.replace(microsecond=0)
+
+
+def test_unsupported_hash_is_bad_alg(tsa: TimestampAuthority) -> None:
+    """A SHA-1 imprint is rejected with failInfo badAlg, and the client reports the refusal as PkiError."""
+    request = a_tsp.TimeStampReq(
+        {
+            "version": "v1",
+            "message_imprint": {"hash_algorithm": {"algorithm": "sha1"}, "hashed_message": hashlib.sha1(DATA).digest()},
+        }
+    ).dump()
+    reply = tsa.respond(request)
+    assert status_of(reply) == ("rejection", {"bad_alg"})
+    with pytest.raises(PkiError, match="bad_alg"):
+        parse_timestamp_response(reply)
+
+
+def test_malformed_is_bad_data_format(tsa: TimestampAuthority) -> None:
+    """Garbage, a truncated request, a wrong-length digest and an oversized body get badDataFormat."""
+    good = make_timestamp_request(hashlib.sha256(DATA).digest())
+    wrong_length = a_tsp.TimeStampReq(
+        {"version": "v1", "message_imprint": {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": b"short"}}
+    ).dump()
+    for body in (b"not asn.1", good[:-5], wrong_length, b"\x30" * 10_000):
+        assert status_of(tsa.respond(body)) == ("rejection", {"bad_data_format"})
+
+
+def test_foreign_policy_and_extensions_are_refused(tsa: TimestampAuthority) -> None:
+    """A request for another policy gets unacceptedPolicy (RFC 3161 §2.4.2); our own policy is granted."""
+    imprint = {"hash_algorithm": {"algorithm": "sha256"}, "hashed_message": hashlib.sha256(DATA).digest()}
+    foreign = a_tsp.TimeStampReq({"version": "v1", "message_imprint": imprint, "req_policy": "1.2.3.4"}).dump()
+    ours = a_tsp.TimeStampReq({"version": "v1", "message_imprint": imprint, "req_policy": DEFAULT_POLICY_OID}).dump()
+    assert status_of(tsa.respond(foreign)) == ("rejection", {"unaccepted_policy"})
+    assert status_of(tsa.respond(ours)) == ("granted", None)
+
+
+def test_rsa_tsa_openssl_verifies(pki: Pki, tmp_path: Path) -> None:
+    """A TSA with an RSA-2048 key produces tokens that openssl and our verifier both accept."""
+    import subprocess
+
+    key = generate_private_key(KeyAlgorithm.RSA_2048)
+    cert = pki.ca.issue_tsa_cert(key.public_key())
+    tsa = TimestampAuthority(cert, key, pki.ca.chain)
+    data = tmp_path / "data.bin"
+    data.write_bytes(DATA)
+    reply = tmp_path / "reply.tsr"
+    reply.write_bytes(tsa.respond(make_timestamp_request(hashlib.sha256(DATA).digest())))
+    result = subprocess.run(
+        [
+            OPENSSL, "ts", "-verify", "-in", str(reply), "-data", str(data),
+            "-CAfile", str(pki.pem("root.pem", pki.ca.root_cert)),
+            "-untrusted", str(pki.pem("rsa-tsa-chain.pem", cert, pki.ca.issuing_cert)),
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "Verification: OK"), result.stderr
+    token = parse_timestamp_response(reply.read_bytes())
+    verify_timestamp_token(token, data_digest=hashlib.sha256(DATA).digest(), tsa_cert=cert)
+
+
+def test_tsa_refuses_a_non_tsa_certificate(pki: Pki) -> None:
+    """The TSA will not start with a certificate lacking the critical timeStamping EKU."""
+    with pytest.raises(CertificateInvalid, match="timeStamping"):
+        TimestampAuthority(pki.ocsp_cert, pki.ocsp_key)
+    profile.check_tsa_cert(pki.tsa_cert)
