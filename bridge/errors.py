@@ -19,7 +19,9 @@ file paths of the server, SQL or key material.
     │   │   └── InvalidState                Client.InvalidState             409
     │   ├── MissingApiKey                   Client.MissingApiKey            401
     │   ├── InvalidApiKey                   Client.InvalidApiKey            401
-    │   └── InsufficientRole                Client.InsufficientRole         403
+    │   ├── InsufficientRole                Client.InsufficientRole         403
+    │   ├── MethodNotAllowed                Client.MethodNotAllowed         405
+    │   └── PayloadTooLarge                 Client.PayloadTooLarge          413
     ├── ConfigError                         Server.InvalidConfiguration     500
     ├── TokenError                          Server.TokenError               500
     │   ├── WrongPin                        Server.WrongPin                 403
@@ -68,8 +70,10 @@ __all__ = [
     "InvalidState",
     "KeyNotFound",
     "KorpuError",
+    "MethodNotAllowed",
     "MissingApiKey",
     "NotFound",
+    "PayloadTooLarge",
     "PkiError",
     "TokenError",
     "TokenNotInitialized",
@@ -183,6 +187,20 @@ class InsufficientRole(ClientError):
 
     code = "InsufficientRole"
     http_status = 403
+
+
+class MethodNotAllowed(ClientError):
+    """The endpoint exists but does not support this HTTP method."""
+
+    code = "MethodNotAllowed"
+    http_status = 405
+
+
+class PayloadTooLarge(ClientError):
+    """The request body exceeds the size the endpoint accepts."""
+
+    code = "PayloadTooLarge"
+    http_status = 413
 
 
 # Server-side conditions ----------------------------------------------------------------------------------------
