@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
 import functools
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ from lxml import etree
 
 import schemas
 from bridge.errors import AnchorInvalid, InvalidIdentifier
+from bridge.fsutil import write_atomic
 from bridge.identifiers import check_code
 from bridge.xmlsafe import parse_xml, schema_error
 
@@ -48,7 +46,6 @@ __all__ = [
     "AnchorSource",
     "ConfigurationAnchor",
     "ConfigurationSource",
-    "atomic_write",
 ]
 
 #: Namespace of X-Road's configuration anchor.
@@ -207,24 +204,7 @@ class ConfigurationAnchor:
 
     def save(self, path: Path) -> None:
         """Write the anchor file to ``path`` atomically (a reader sees the old file or the new one, never half)."""
-        atomic_write(path, self.to_bytes())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave temporary files behind, also on cancellation.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        write_atomic(path, self.to_bytes())
 
 
 def _check_url(url: str) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from bridge.anchor import ConfigurationAnchor, atomic_write
+from bridge.anchor import ConfigurationAnchor
 from bridge.errors import (
     GlobalConfError,
     GlobalConfExpired,
@@ -32,6 +32,7 @@ from bridge.errors import (
     KorpuError,
     UpstreamUnavailable,
 )
+from bridge.fsutil import write_atomic
 from bridge.globalconf import GlobalConf
 from bridge.globalconf_xml import MAX_GLOBALCONF_BYTES, verify_and_parse
 
@@ -169,7 +170,7 @@ class GlobalConfClient:
         # Cache first, then swap: if the write fails the node keeps the old snapshot and the old cache, which
         # agree; a snapshot newer than the cache would be lost on restart without anyone noticing.
         try:
-            await asyncio.to_thread(atomic_write, self._cache_path, data)
+            await asyncio.to_thread(write_atomic, self._cache_path, data)
         except OSError as exc:
             raise GlobalConfUnavailable(f"cannot write global configuration cache: {exc.strerror}") from None
         self._snapshot = _Snapshot(conf, data, url)  # the atomic swap

@@ -17,12 +17,10 @@ directory or collide with ``index.json`` and the canary.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import KeyNotFound, TokenError, TokenNotInitialized, WrongPin
+from bridge.fsutil import write_atomic
 from bridge.pki.keys import (
     KeyAlgorithm,
     PrivateKey,
@@ -55,28 +54,6 @@ def _check_label(label: str) -> str:
     if not isinstance(label, str) or _LABEL.fullmatch(label) is None or label.endswith((".pem", ".json")):
         raise TokenError(f"invalid key label {label!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return label
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a 0600 temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Persist the rename itself; without this a power loss can forget it even though the data was synced.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class SoftwareToken:
@@ -108,7 +85,7 @@ class SoftwareToken:
             raise TokenError("the token is already initialised")
         token = cls(directory, pin, {})
         canary = generate_private_key(KeyAlgorithm.EC_P256)
-        _write_atomic(directory / _CANARY, token._encrypt(canary))
+        write_atomic(directory / _CANARY, token._encrypt(canary), mode=0o600)
         # The index is written last: its presence is what marks the token as initialised.
         token._save_index()
         return token
@@ -147,7 +124,7 @@ class SoftwareToken:
         with self._lock:
             if label in self._index:
                 raise TokenError(f"the token already has a key labelled {label!r}")
-            _write_atomic(self._key_path(label), self._encrypt(key))
+            write_atomic(self._key_path(label), self._encrypt(key), mode=0o600)
             self._index[label] = {
                 "algorithm": str(algorithm_of(key)),
                 "usage": usage,
@@ -196,7 +173,7 @@ class SoftwareToken:
         public = self.public_key(label)
         if cert.public_key() != public:
             raise TokenError(f"the certificate does not belong to the key labelled {label!r}")
-        _write_atomic(self._cert_path(label), cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self._cert_path(label), cert.public_bytes(serialization.Encoding.PEM), mode=0o600)
 
     def certificate(self, label: str) -> x509.Certificate | None:
         """The certificate stored for ``label``, or ``None`` if there is none yet."""
@@ -235,4 +212,4 @@ class SoftwareToken:
 
     def _save_index(self) -> None:
         body: dict[str, Any] = {"version": _FORMAT_VERSION, "keys": self._index}
-        _write_atomic(self.directory / _INDEX, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
+        write_atomic(self.directory / _INDEX, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n", mode=0o600)
