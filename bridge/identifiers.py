@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import enum
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+
+from lxml import etree
 
 from bridge.errors import InvalidIdentifier
-
-if TYPE_CHECKING:
-    from lxml import etree
 
 __all__ = [
     "ID_NS",
@@ -188,7 +187,7 @@ class SubsystemId:
 
 
 #: A client of the exchange: a member or one of its subsystems.
-ClientId = Union[MemberId, SubsystemId]
+ClientId = MemberId | SubsystemId
 
 
 def parse_client(text: str) -> ClientId:
@@ -279,7 +278,7 @@ class SecurityServerId:
 
     def parts(self) -> tuple[str, ...]:
         """The codes in hierarchical order."""
-        return self.owner.parts() + (self.server_code,)
+        return (*self.owner.parts(), self.server_code)
 
     def path(self) -> str:
         """Path form, e.g. ``AZ/GOV/1400057421/ss1``."""
@@ -360,7 +359,7 @@ class LocalGroupId:
 
 
 #: Any X-Road identifier.
-XRoadId = Union[MemberId, SubsystemId, ServiceId, SecurityServerId, GlobalGroupId, LocalGroupId]
+XRoadId = MemberId | SubsystemId | ServiceId | SecurityServerId | GlobalGroupId | LocalGroupId
 
 _PATH_PARSERS: dict[str, type[MemberId | SubsystemId | ServiceId | SecurityServerId | GlobalGroupId | LocalGroupId]] = {
     ObjectType.MEMBER: MemberId,
@@ -414,14 +413,12 @@ def _xml_values(ident: XRoadId) -> dict[str, str]:
     return {"groupCode": ident.group_code}
 
 
-def to_xml(ident: XRoadId, tag: str, nsmap: dict[str | None, str] | None = None) -> etree._Element:
+def to_xml(ident: XRoadId, tag: str, nsmap: Mapping[str, str] | None = None) -> etree._Element:
     """Build the XML form of ``ident`` as an element named ``tag`` (a Clark name such as ``{ns}client``).
 
     Children are the ``id:`` elements of ``identifiers.xsd`` in schema order; the ``id:objectType`` attribute
     carries the type.
     """
-    from lxml import etree
-
     elem = etree.Element(tag, nsmap=nsmap)
     elem.set(f"{{{ID_NS}}}objectType", str(ident.object_type))
     values = _xml_values(ident)
@@ -439,8 +436,8 @@ def from_xml(elem: etree._Element) -> XRoadId:
     values: dict[str, str] = {}
     order: list[str] = []
     for child in elem:
-        if not isinstance(child.tag, str):
-            continue  # comments and processing instructions carry no identifier data
+        if isinstance(child, (etree._Comment, etree._ProcessingInstruction)):
+            continue  # they carry no identifier data
         ns, _, local = child.tag.rpartition("}")
         if ns.lstrip("{") != ID_NS or local not in _XML_FIELDS:
             raise InvalidIdentifier(f"unexpected element {child.tag!r} in identifier")

@@ -81,7 +81,16 @@ def test_rest_path_examples() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["AZ/GOV/14:00", "AZ/GOV/14;00", "AZ/GOV/14%2F00", "AZ/GOV/14\\00", "AZ/GOV/14 00", "AZ/GOV/\t1", "AZ//1", "AZ/GOV/1\x00"],
+    [
+        "AZ/GOV/14:00",
+        "AZ/GOV/14;00",
+        "AZ/GOV/14%2F00",
+        "AZ/GOV/14\\00",
+        "AZ/GOV/14 00",
+        "AZ/GOV/\t1",
+        "AZ//1",
+        "AZ/GOV/1\x00",
+    ],
 )
 def test_forbidden_characters_are_refused(bad: str) -> None:
     """X-Road's restricted characters, whitespace, control characters and empty codes are refused."""
@@ -133,7 +142,9 @@ def test_xml_with_missing_or_extra_fields_is_refused() -> None:
         from_xml(_xml(ok + "<id:serverCode>x</id:serverCode>", "MEMBER"))
     with pytest.raises(InvalidIdentifier, match="objectType"):
         from_xml(_xml(ok, "NOPE"))
-    swapped = "<id:memberClass>GOV</id:memberClass><id:xRoadInstance>AZ</id:xRoadInstance><id:memberCode>1</id:memberCode>"
+    swapped = (
+        "<id:memberClass>GOV</id:memberClass><id:xRoadInstance>AZ</id:xRoadInstance><id:memberCode>1</id:memberCode>"
+    )
     with pytest.raises(InvalidIdentifier, match="order"):
         from_xml(_xml(swapped, "MEMBER"))
 
