@@ -99,7 +99,7 @@ class GlobalConfClient:
         if snapshot is None:
             raise GlobalConfUnavailable("no valid global configuration has been obtained yet")
         conf = snapshot.conf
-        if conf.is_expired(now):
+        if conf.is_expired(now or self._clock()):
             raise GlobalConfExpired(f"global configuration version {conf.version} expired at {_iso(conf.expires_at)}")
         return conf
 

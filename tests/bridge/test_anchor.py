@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge.anchor import AnchorSource, ConfigurationAnchor, ConfigurationSource
 from bridge.errors import AnchorInvalid
-from tests.bridge.test_globalconf import make_signer
+from tests.support.globalconf import make_signer
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "globalconf" / "xroad-anchor-example.xml"
 

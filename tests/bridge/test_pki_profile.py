@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from bridge.errors import CertificateInvalid
 from bridge.identifiers import MemberId, SecurityServerId
 from bridge.pki import profile
-from tests.fixtures.pki.pkitools import MEMBER, SERVER, Pki, build_pki, custom_leaf
+from tests.support.pki import MEMBER, SERVER, Pki, build_pki, custom_leaf
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from bridge.errors import KeyNotFound, TokenError, TokenNotInitialized, WrongPin
 from bridge.pki.keys import KeyAlgorithm, sign, verify_signature
 from bridge.pki.token import SoftwareToken
-from tests.fixtures.pki.pkitools import build_pki
+from tests.support.pki import build_pki
 
 PIN = "s3cret-pin"
 

@@ -16,7 +16,7 @@ from bridge.pki import profile
 from bridge.pki.keys import KeyAlgorithm, generate_private_key
 from bridge.pki.token import SoftwareToken
 from catalog.ca import ISSUING_LABEL, ROOT_LABEL, CertificateAuthority
-from tests.fixtures.pki.pkitools import MEMBER, MEMBER_NAME, PIN, SERVER, Pki, build_pki, csr_for
+from tests.support.pki import MEMBER, MEMBER_NAME, PIN, SERVER, Pki, build_pki, csr_for
 
 OPENSSL = "/usr/bin/openssl"
 

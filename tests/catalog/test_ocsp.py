@@ -26,7 +26,7 @@ from bridge.pki.ocsp import (
 )
 from catalog.certregistry import CertKind, CertRecord
 from catalog.ocsp import OcspResponder, build_ocsp_response
-from tests.fixtures.pki.pkitools import Pki, build_pki, custom_leaf
+from tests.support.pki import Pki, build_pki, custom_leaf
 
 OPENSSL = "/usr/bin/openssl"
 MAX_AGE = dt.timedelta(minutes=30)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.globalconf import GlobalConfParams
 from bridge.globalconf_xml import verify_and_parse
 from catalog.publisher import VERSION_HEADER, CatalogContent, GlobalConfPublisher, PublishedConf
-from tests.bridge.test_globalconf import NOW, Signer, make_anchor, make_signer, sample_conf
+from tests.support.globalconf import NOW, Signer, make_anchor, make_signer, sample_conf
 
 SIGNER = make_signer()
 

@@ -24,7 +24,7 @@ from bridge.pki.tsp import (
     verify_timestamp_token,
 )
 from catalog.tsa import DEFAULT_POLICY_OID, TimestampAuthority
-from tests.fixtures.pki.pkitools import Pki, build_pki
+from tests.support.pki import Pki, build_pki
 
 OPENSSL = "/usr/bin/openssl"
 DATA = b"message log batch 42: hash chain head 9f86d081884c7d659a2feaa0c55ad015\n"

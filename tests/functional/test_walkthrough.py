@@ -16,6 +16,8 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +72,8 @@ class Background:
         threading.Thread(target=pump, daemon=True).start()
         if not self.ready.wait(timeout=30):
             self.stop()
-            raise AssertionError(f"server did not become ready: {self.lines} {self.proc.stderr}")
+            stderr = self.proc.stderr.read() if self.proc.stderr is not None else ""
+            raise AssertionError(f"server did not become ready: {self.lines} {stderr}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -117,6 +120,7 @@ def test_walkthrough(tmp_path: Path, central: tuple[Path, str]) -> None:
         out = korpu(
             "ss", "init", "--dir", tmp_path / name, "--anchor", anchor, "--server-id", sid,
             "--owner-name", owner, "--address", f"127.0.0.1:{free_port()}", "--client", client,
+            "--api-key-file", tmp_path / f"{name}.key",
         )  # fmt: skip
         match = re.search(r"registration request (\S+): submitted", out.stdout)
         assert match is not None, out.stdout
@@ -153,6 +157,23 @@ def test_walkthrough(tmp_path: Path, central: tuple[Path, str]) -> None:
         info = conf.server(SecurityServerId.parse(sid))
         assert info is not None
         assert cert_sha256_hex(cert.public_bytes(Encoding.DER)) in info.auth_cert_hashes
+
+    # `korpu ss serve` runs the admin API: healthy on the fresh configuration, status behind the admin key.
+    served = Background(["ss", "serve", "--dir", str(tmp_path / "ss-a")], ready="admin API")
+    try:
+        admin_url = json.loads((tmp_path / "ss-a" / "runtime.json").read_text())["admin_url"]
+        health = json.loads(urllib.request.urlopen(f"{admin_url}/healthz", timeout=10).read())
+        assert health["status"] == "ok"
+        with pytest.raises(urllib.error.HTTPError) as denied_status:
+            urllib.request.urlopen(f"{admin_url}/api/v1/status", timeout=10)
+        assert denied_status.value.code == 401
+        key = (tmp_path / "ss-a.key").read_text()
+        request = urllib.request.Request(f"{admin_url}/api/v1/status", headers={"X-API-Key": key})
+        report = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert report["listed_in_globalconf"] is True
+        assert report["certificates"]["auth"]["subject"].startswith("CN=ss-a,")
+    finally:
+        served.stop()
 
 
 def test_init_refuses_bad_input_and_leaves_nothing(tmp_path: Path, central: tuple[Path, str]) -> None:

@@ -25,8 +25,8 @@ from bridge.errors import (
 )
 from catalog.publisher import GlobalConfPublisher
 from security_server.confclient import CACHE_FILE, GlobalConfClient
-from tests.bridge.test_globalconf import NOW, make_signer
 from tests.catalog.test_publisher import make_publisher
+from tests.support.globalconf import NOW, make_signer
 
 SIGNER = make_signer()
 EXPIRY = dt.timedelta(seconds=600)
