@@ -76,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``korpu`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # The demo narrates on stdout; its diagnostic log would only interleave with the story.
-    default_level = "WARNING" if args.command == "demo" else None
-    configure_logging(args.log_level or default_level)
+    # Long-running servers log their activity; one-shot commands and the demo say what matters on stdout, so
+    # their diagnostic log shows only warnings unless asked for more.
+    serving = getattr(args, "central_command", None) == "serve" or getattr(args, "ss_command", None) in ("serve", "up")
+    configure_logging(args.log_level or (None if serving else "WARNING"))
     handler: Handler = args.handler
     try:
         return handler(args)

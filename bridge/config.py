@@ -20,7 +20,7 @@ import yaml
 
 from bridge.errors import ConfigError, KorpuError
 
-__all__ = ["dump", "from_mapping", "load", "option"]
+__all__ = ["build", "dump", "from_mapping", "load", "option"]
 
 T = TypeVar("T")
 
@@ -77,7 +77,21 @@ def from_mapping(data: object, cls: type[T], *, source: str, prefix: str = "") -
     except (ValueError, TypeError, KorpuError) as exc:
         # __post_init__ checks raise ValueError (or an identifier error) with a message naming the field.
         text = exc.message if isinstance(exc, KorpuError) else str(exc)
-        raise ConfigError(f"{where.rstrip(': ')}: {text}") from None
+        section = f"{source}: {prefix.rstrip('.')}" if prefix else source
+        raise ConfigError(f"{section}: {text}") from None
+
+
+def build(cls: type[T], source: str, **values: Any) -> T:
+    """Construct a configuration object from already-typed values (command-line options, say).
+
+    Validation errors raised by the dataclass (``ValueError``, identifier errors) become a
+    :class:`ConfigError` naming ``source``, so a bad option is a clear fault rather than a traceback.
+    """
+    try:
+        return cls(**values)
+    except (ValueError, TypeError, KorpuError) as exc:
+        text = exc.message if isinstance(exc, KorpuError) else str(exc)
+        raise ConfigError(f"{source}: {text}") from None
 
 
 def _coerce(value: Any, hint: Any, *, source: str, key: str) -> Any:

@@ -11,7 +11,8 @@ object type and a list of hierarchical codes starting with the instance.  Three 
 * **XML form** — the ``id:`` elements of ``identifiers.xsd`` (see :func:`to_xml` / :func:`from_xml`).
 
 Codes use X-Road's identifier character restrictions (pr-mess §2.7): no colon, semicolon, slash, backslash or
-percent sign, no whitespace and no non-printable characters, 1 to 255 characters.  These are enforced on every
+percent sign, no whitespace and no non-printable characters, 1 to 255 characters; and, because codes are path
+segments in URLs, a code may not be ``.`` or ``..``.  These are enforced on every
 parse and construction, so an identifier that exists as an object is always well formed.
 
 Services are always provided by subsystems (as in X-Road 6 and later, and as REST r1 requires), so a service's
@@ -72,6 +73,9 @@ def check_code(value: object, field: str) -> str:
         raise InvalidIdentifier(f"{field} must be a string")
     if not value:
         raise InvalidIdentifier(f"{field} must not be empty")
+    if value in (".", ".."):
+        # Codes appear as path segments in REST and management URLs, where "." and ".." would be normalised away.
+        raise InvalidIdentifier(f"{field} must not be '.' or '..'")
     if len(value) > MAX_CODE_LENGTH:
         raise InvalidIdentifier(f"{field} is longer than {MAX_CODE_LENGTH} characters")
     for ch in value:

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.anchor import ConfigurationAnchor
 from bridge.cli import read_pin
-from bridge.config import dump
-from bridge.errors import ConfigError, KorpuError
+from bridge.config import build, dump
+from bridge.errors import ConfigError, InvalidRequest, KorpuError
 from bridge.fsutil import write_atomic
-from bridge.identifiers import SecurityServerId, check_code
+from bridge.identifiers import SecurityServerId
 from bridge.logsetup import get_logger
 from bridge.pki.csr import make_csr
 from bridge.pki.keys import KeyAlgorithm
@@ -31,7 +31,14 @@ from bridge.pki.profile import auth_cert_subject, sign_cert_subject
 from bridge.pki.token import SoftwareToken
 from security_server.app import ADMIN_KEY_FILE, create_admin_app, hash_admin_key, load_state, write_runtime
 from security_server.confclient import GlobalConfClient
-from security_server.config import CONFIG_NAME, Endpoint, ServerConfig, load_server_config
+from security_server.config import (
+    CONFIG_NAME,
+    ClientConfig,
+    Endpoint,
+    Listeners,
+    ServerConfig,
+    load_server_config,
+)
 from security_server.registration import RegistrationState, poll_once, submit_request
 
 __all__ = ["init_server", "register"]
@@ -73,9 +80,9 @@ def _pem(csr: x509.CertificateSigningRequest) -> str:
 
 
 def _prepare(
-    state_dir: Path, config: ServerConfig, anchor_file: Path, pin: str, algorithm: KeyAlgorithm
+    state_dir: Path, config: ServerConfig, anchor_file: Path, pin: str, algorithm: KeyAlgorithm, admin_key: str
 ) -> tuple[Path, SoftwareToken, ConfigurationAnchor]:
-    """Blocking part of init: checks, a scratch directory with configuration, anchor and a keyed token."""
+    """Blocking part of init: checks, and a scratch directory with configuration, anchor, keyed token, key hash."""
     if state_dir.exists() and any(state_dir.iterdir()):
         raise ConfigError(f"{state_dir}: already exists and is not empty; refusing to overwrite a security server")
     anchor = ConfigurationAnchor.load(anchor_file)
@@ -86,6 +93,7 @@ def _prepare(
     try:
         write_atomic(work / CONFIG_NAME, dump(config, header="Körpü security server").encode())
         anchor.save(work / config.anchor)
+        write_atomic(work / ADMIN_KEY_FILE, hash_admin_key(admin_key).encode(), 0o600)
         token = SoftwareToken.init(work / "token", pin)
         token.generate_key("auth", algorithm)
         token.generate_key("sign", algorithm)
@@ -99,6 +107,12 @@ def _commit(work: Path, state_dir: Path) -> None:
     if state_dir.exists():
         state_dir.rmdir()  # it is empty (checked in _prepare)
     work.rename(state_dir)
+
+
+def _check_owner_name(name: str) -> str:
+    if not name.strip() or len(name) > 255 or any(ord(ch) < 0x20 for ch in name):
+        raise InvalidRequest("--owner-name must be 1 to 255 printable characters")
+    return name
 
 
 async def init_server(
@@ -115,21 +129,24 @@ async def init_server(
 ) -> tuple[RegistrationState, str]:
     """Create a security server's state directory and submit its registration request.
 
-    Everything is built in a scratch directory beside ``state_dir`` and moved into place only when the central
-    server has accepted the request, so a failure leaves no half-initialised server behind.  Returns the
-    registration state and the admin API key (shown once, stored only as a hash).
+    Until the central server has accepted the request, everything is built in a scratch directory beside
+    ``state_dir`` and a failure removes it.  From the moment the request is accepted the state (keys, request id)
+    is committed to ``state_dir`` and kept whatever happens next: the central server now knows these keys, and
+    deleting them would leave a request nobody can complete.  Returns the registration state and the admin API
+    key (shown once, stored only as a hash).
     """
-    for code in clients:
-        check_code(code, "client subsystem code")
-    config = ServerConfig(
+    config = build(
+        ServerConfig,
+        "command line",
         server_id=server_id.path(),
-        owner_name=owner_name,
+        owner_name=_check_owner_name(owner_name),
         address=address,
-        clients=tuple(clients),
-        admin=Endpoint(port=admin_port),
+        clients=tuple(build(ClientConfig, "--client", code=code) for code in clients),
+        listen=Listeners(admin=build(Endpoint, "--admin-port", port=admin_port)),
     )
-    # (1) configuration, anchor and token with the authentication and signing keys (blocking: off the loop)
-    work, token, anchor = await asyncio.to_thread(_prepare, state_dir, config, anchor_file, pin, algorithm)
+    admin_key = secrets.token_urlsafe(32)
+    # (1) configuration, anchor, admin key hash and token with the two keys (blocking: off the event loop)
+    work, token, anchor = await asyncio.to_thread(_prepare, state_dir, config, anchor_file, pin, algorithm, admin_key)
     try:
         # (2) global configuration, verified against the anchor: proves the anchor and finds the central server
         confclient = GlobalConfClient(anchor, work / "cache")
@@ -156,17 +173,18 @@ async def init_server(
             server_id=server_id.path(),
             state=str(answer.get("state", "submitted")),
         )
-        # (4) admin API key: only its hash is kept
-        admin_key = secrets.token_urlsafe(32)
-        await asyncio.to_thread(write_atomic, work / ADMIN_KEY_FILE, hash_admin_key(admin_key).encode(), 0o600)
-        if reg.state == "approved":
-            await poll_once(work, token, reg)  # auto-approved: install the certificates right away
-        else:
-            await asyncio.to_thread(reg.save, work)
+        # (4) accepted: commit the state before anything else can fail
+        await asyncio.to_thread(reg.save, work)
         await asyncio.to_thread(_commit, work, state_dir)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, work, True)
         raise
+    if reg.state == "approved":
+        # Auto-approved: install the certificates now; if that fails, `ss status`/`ss serve` retries later.
+        try:
+            await poll_once(state_dir, token, reg, conf)
+        except KorpuError as exc:
+            log.warning("certificates not installed yet", fault=exc.fault_code, error=exc.message)
     return reg, admin_key
 
 
@@ -185,15 +203,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
             algorithm=KeyAlgorithm(args.algorithm),
         )
     )
-    if args.api_key_file:
-        write_atomic(args.api_key_file, admin_key.encode(), mode=0o600)
     print(f"security server {args.server_id} initialised in {args.dir}")
     print(f"registration request {reg.request_id}: {reg.state}")
     if reg.state == "submitted":
-        print("  waiting for approval by the central server's registration officer:")
-        print(f"  korpu central approve {reg.request_id}")
-    print(f"admin API key (shown once, keep it safe): {admin_key}")
+        print("  a registration officer approves it on the central server:")
+        print(f"  korpu central approve {reg.request_id} --dir CENTRAL_DIR --api-key-file KEY_FILE")
+    _show_secret(admin_key, args.api_key_file, "admin API key")
     return 0
+
+
+def _show_secret(secret: str, path: Path | None, what: str) -> None:
+    """Write ``secret`` to ``path`` (mode 0600) or, without one or if writing fails, print it once."""
+    if path is not None:
+        try:
+            write_atomic(path, secret.encode(), mode=0o600)
+        except OSError as exc:
+            print(f"could not write the {what} to {path} ({exc.strerror}); here it is instead:")
+        else:
+            print(f"{what} written to {path}")
+            return
+    print(f"{what} (shown once, keep it safe): {secret}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -237,9 +266,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             await confclient.refresh()
         except KorpuError as exc:
             problem = f"global configuration refresh failed: {exc}"
-        if not reg.complete and token is not None:
+        if not reg.complete:
             try:
-                await poll_once(args.dir, token, reg)
+                # Without the PIN the state is still brought up to date; certificates wait for the token.
+                await poll_once(args.dir, token, reg, confclient.current())
             except KorpuError as exc:
                 problem = f"registration check failed: {exc}"
         return problem

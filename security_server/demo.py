@@ -47,6 +47,10 @@ AGENCIES = (
 )
 
 
+class DemoFailed(Exception):
+    """A step of the demo did not show what it should."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for URLs that must be known before the server starts)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -102,6 +106,10 @@ async def _demo(state: Path) -> None:
                 partial(api_call, config.base_url, admin_key, "POST", path, {}),
             )
 
+        # The publisher regenerates on every catalog change in the background; wait for that version here.
+        published = await server.publisher.regenerate()
+        _say(f"  ✓ global configuration v{published.version} signed and published")
+
         _say("4. Security servers pick up certificates and the new global configuration")
         for ss_dir, server_id, reg in regs:
             await _pick_up(ss_dir, server_id, reg, pin, config.effective_ocsp_url, server.ca.issuing_cert)
@@ -135,17 +143,20 @@ async def _pick_up(
     ss_dir: Path, server_id: SecurityServerId, reg: RegistrationState, pin: str, ocsp_url: str, issuer: x509.Certificate
 ) -> None:
     token = await asyncio.to_thread(SoftwareToken.open, ss_dir / "token", pin)
-    await _step(f"{server_id.server_code}: certificates checked and installed", partial(poll_once, ss_dir, token, reg))
     anchor = await asyncio.to_thread(ConfigurationAnchor.load, ss_dir / "anchor.xml")
     conf = await GlobalConfClient(anchor, ss_dir / "cache").refresh()
+    await _step(
+        f"{server_id.server_code}: certificates checked (keys, identity, approved CA) and installed",
+        partial(poll_once, ss_dir, token, reg, conf),
+    )
     listed = sorted(s.id.server_code for s in conf.servers)
     if conf.server(server_id) is None or len(listed) != len(AGENCIES):
-        raise RuntimeError(f"global configuration v{conf.version} lists {listed}, expected both servers")
+        raise DemoFailed(f"global configuration v{conf.version} lists {listed}, expected both servers")
     expires = (conf.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
     _say(f"  ✓ global configuration v{conf.version} verified: servers {', '.join(listed)}; expires in {expires:.0f} s")
     cert = token.certificate("auth")
     if cert is None:
-        raise RuntimeError("no authentication certificate was installed")
+        raise DemoFailed("no authentication certificate was installed")
     await _check_ocsp(ocsp_url, cert, issuer, server_id)
 
 
@@ -173,6 +184,9 @@ def run_demo(state: Path | None) -> int:
             asyncio.run(_demo(state))
     except KorpuError as exc:
         _say(f"  ✗ {exc.fault_code}: {exc.message}")
+        return 1
+    except DemoFailed as exc:
+        _say(f"  ✗ {exc}")
         return 1
     _say(f"({time.perf_counter() - started:.1f} s)")
     return 0

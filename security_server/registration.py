@@ -22,9 +22,17 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import CertificateInvalid, InvalidRequest, KorpuError, UpstreamUnavailable
 from bridge.fsutil import write_atomic
+from bridge.globalconf import GlobalConf
 from bridge.identifiers import SecurityServerId
 from bridge.logsetup import get_logger
-from bridge.pki.profile import check_auth_cert, check_sign_cert, member_from_sign_cert, server_from_auth_cert
+from bridge.pki.profile import (
+    CertPurpose,
+    check_auth_cert,
+    check_sign_cert,
+    member_from_sign_cert,
+    server_from_auth_cert,
+    verify_chain,
+)
 from bridge.pki.token import SoftwareToken
 
 __all__ = [
@@ -149,12 +157,16 @@ def _same_key(cert: x509.Certificate, token: SoftwareToken, label: str) -> bool:
     return cert.public_key().public_bytes(enc, fmt) == token.public_key(label).public_bytes(enc, fmt)
 
 
-def install_certificates(token: SoftwareToken, server_id: SecurityServerId, answer: dict[str, Any]) -> None:
+def install_certificates(
+    token: SoftwareToken, server_id: SecurityServerId, answer: dict[str, Any], conf: GlobalConf
+) -> None:
     """Check and install the certificates of an approved request into the token.
 
-    (1) both certificates must be present and parse; (2) each must carry the public key of our own key in the
-    token; (3) each must fit the certificate profile and name this server / its owner.  Only then are both
-    stored; a failure stores neither.
+    The answer comes over a channel that need not be authenticated, so nothing in it is trusted: (1) both
+    certificates must be present and parse; (2) each must carry the public key of our own key in the token;
+    (3) each must fit the certificate profile and name this server / its owner; (4) each must chain to a CA
+    that the verified global configuration ``conf`` approves.  Only then are both stored; a failure stores
+    neither.
     """
     # (1) parse
     try:
@@ -170,17 +182,40 @@ def install_certificates(token: SoftwareToken, server_id: SecurityServerId, answ
     check_sign_cert(sign)
     if server_from_auth_cert(auth) != server_id or member_from_sign_cert(sign) != server_id.owner:
         raise CertificateInvalid("an issued certificate names another server or member")
+    # (4) issued by an approved CA
+    now = dt.datetime.now(dt.UTC)
+    for cert, purpose in ((auth, CertPurpose.AUTH), (sign, CertPurpose.SIGN)):
+        _verify_with_approved_cas(cert, conf, now, purpose)
     token.store_certificate("auth", auth)
     token.store_certificate("sign", sign)
 
 
-async def poll_once(state_dir: Path, token: SoftwareToken, reg: RegistrationState) -> bool:
-    """Ask the central server once; install certificates when approved.  Returns whether follow-up is done."""
+def _verify_with_approved_cas(cert: x509.Certificate, conf: GlobalConf, now: dt.datetime, purpose: CertPurpose) -> None:
+    problems = []
+    for ca in conf.cas:
+        roots = [x509.load_der_x509_certificate(ca.top_cert)]
+        intermediates = [x509.load_der_x509_certificate(der) for der in ca.intermediate_certs]
+        try:
+            verify_chain(cert, intermediates, roots, now, purpose)
+            return
+        except CertificateInvalid as exc:
+            problems.append(exc.message)
+    raise CertificateInvalid(
+        "an issued certificate does not chain to a CA approved in global configuration"
+        + (f" ({'; '.join(problems)})" if problems else "")
+    )
+
+
+async def poll_once(state_dir: Path, token: SoftwareToken | None, reg: RegistrationState, conf: GlobalConf) -> bool:
+    """Ask the central server once; install certificates when approved (if the token is open).
+
+    Returns whether follow-up is done.
+    """
     answer = await fetch_request(reg.central_url, reg.request_id)
     reg.state = str(answer.get("state", reg.state))
-    if reg.state == "approved" and not reg.certificates_installed:
+    if reg.state == "approved" and not reg.certificates_installed and token is not None:
         server_id = SecurityServerId.parse(reg.server_id)
-        await asyncio.to_thread(install_certificates, token, server_id, answer)
+        await asyncio.to_thread(install_certificates, token, server_id, answer, conf)
         reg.certificates_installed = True
         log.info("certificates installed", request_id=reg.request_id)
     await asyncio.to_thread(reg.save, state_dir)
@@ -193,7 +228,7 @@ async def follow_registration(
     """Poll until the request is decided; after installing certificates, refresh global configuration."""
     while True:
         try:
-            if await poll_once(state_dir, token, reg):
+            if await poll_once(state_dir, token, reg, confclient.current()):
                 if reg.certificates_installed:
                     await confclient.refresh()
                 return

@@ -9,7 +9,7 @@ import pytest
 from bridge.config import dump, load
 from bridge.errors import ConfigError
 from catalog.config import CentralConfig
-from security_server.config import ServerConfig
+from security_server.config import AccessRule, ClientConfig, ServerConfig, ServiceConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,7 +59,14 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_dump_round_trips_with_comments(tmp_path: Path) -> None:
     """dump() writes YAML with help comments that load() reads back to an equal configuration."""
-    cfg = ServerConfig(server_id="AZ/GOV/1/ss1", owner_name="Nazirlik", address="127.0.0.1:5500", clients=("a", "b"))
+    cfg = ServerConfig(
+        server_id="AZ/GOV/1/ss1",
+        owner_name="Nazirlik",
+        address="127.0.0.1:5500",
+        clients=(ClientConfig("a"), ClientConfig("b", connection="https")),
+        services=(ServiceConfig(subsystem="a", code="getPerson", url="http://127.0.0.1:9000/"),),
+        grants=(AccessRule(subject="LOCALGROUP:officers", service="AZ/GOV/1/a/getPerson", method="GET"),),
+    )
     text = dump(cfg, header="test")
     assert "# Display name of the member that owns this server." in text
     path = tmp_path / "server.yaml"
@@ -75,4 +82,20 @@ def test_server_config_checks_identifiers(tmp_path: Path) -> None:
         load(path, ServerConfig)
     path.write_text("server_id: AZ/GOV/1/ss\nowner_name: x\naddress: nohost\n")
     with pytest.raises(ConfigError, match="address must be host:port"):
+        load(path, ServerConfig)
+
+
+def test_service_needs_exactly_one_backend(tmp_path: Path) -> None:
+    """A service with both or neither of url and adapter is refused, naming the service."""
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "server_id: AZ/GOV/1/ss\nowner_name: x\naddress: 127.0.0.1:5500\n"
+        "services: [{subsystem: a, code: s1, url: 'http://x', adapter: echo}]\n"
+    )
+    with pytest.raises(ConfigError, match="service s1: give exactly one of url and adapter"):
+        load(path, ServerConfig)
+    path.write_text(
+        "server_id: AZ/GOV/1/ss\nowner_name: x\naddress: 127.0.0.1:5500\nclients: [{code: a, connection: telnet}]\n"
+    )
+    with pytest.raises(ConfigError, match="clients\\[0\\].connection: expected one of http, https, https-cert"):
         load(path, ServerConfig)

@@ -32,7 +32,7 @@ codes = st.text(
     ),
     min_size=1,
     max_size=20,
-)
+).filter(lambda code: code not in (".", ".."))
 members = st.builds(MemberId, codes, codes, codes)
 subsystems = st.builds(SubsystemId, codes, codes, codes, codes)
 services = st.builds(ServiceId, subsystems, codes, st.none() | codes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import CertificateInvalid, InvalidRequest
+from bridge.globalconf import ApprovedCA, GlobalConf
 from bridge.globalconf_xml import sign
 from bridge.identifiers import SecurityServerId
 from bridge.pki.csr import load_csr, make_csr
@@ -134,10 +135,18 @@ def _issue(ca: CertificateAuthority, token: SoftwareToken, server: SecurityServe
     }
 
 
+def _conf_approving(*cas: CertificateAuthority) -> GlobalConf:
+    der = serialization.Encoding.DER
+    approved = tuple(
+        ApprovedCA("test", ca.root_cert.public_bytes(der), (ca.issuing_cert.public_bytes(der),)) for ca in cas
+    )
+    return replace(sample_conf(1), cas=approved)
+
+
 def test_install_accepts_certificates_for_our_keys(ca: CertificateAuthority, token: SoftwareToken) -> None:
-    """Certificates carrying our keys and naming this server and its owner are installed."""
+    """Certificates carrying our keys, naming this server and its owner, from an approved CA are installed."""
     answer = _issue(ca, token, SERVER)
-    install_certificates(token, SERVER, answer)
+    install_certificates(token, SERVER, answer, _conf_approving(ca))
     installed = token.certificate("auth")
     assert installed is not None
     assert installed == x509.load_pem_x509_certificate(answer["auth_certificate"].encode())
@@ -151,7 +160,7 @@ def test_install_refuses_certificates_for_other_keys(
     other.generate_key("auth")
     other.generate_key("sign")
     with pytest.raises(CertificateInvalid, match="public key"):
-        install_certificates(token, SERVER, _issue(ca, other, SERVER))
+        install_certificates(token, SERVER, _issue(ca, other, SERVER), _conf_approving(ca))
     assert token.certificate("auth") is None
     assert token.certificate("sign") is None
 
@@ -160,11 +169,22 @@ def test_install_refuses_certificates_naming_another_server(ca: CertificateAutho
     """A certificate for our key but another server's identity is refused."""
     answer = _issue(ca, token, SecurityServerId.parse("AZ/GOV/1400057421/other"))
     with pytest.raises(CertificateInvalid, match="another server"):
-        install_certificates(token, SERVER, answer)
+        install_certificates(token, SERVER, answer, _conf_approving(ca))
     assert token.certificate("auth") is None
+
+
+def test_install_refuses_certificates_from_an_unapproved_ca(
+    ca: CertificateAuthority, token: SoftwareToken, tmp_path: Path
+) -> None:
+    """Certificates for our keys and identity, but issued by a CA global configuration does not approve, are refused."""
+    evil = CertificateAuthority.create(SoftwareToken.init(tmp_path / "evil", PIN), "AZ", "Evil CA")
+    with pytest.raises(CertificateInvalid, match="does not chain to a CA approved"):
+        install_certificates(token, SERVER, _issue(evil, token, SERVER), _conf_approving(ca))
+    assert token.certificate("auth") is None
+    assert token.certificate("sign") is None
 
 
 def test_install_refuses_answers_without_certificates(token: SoftwareToken) -> None:
     """An approved answer lacking parseable certificates is an InvalidRequest, not a crash."""
     with pytest.raises(InvalidRequest):
-        install_certificates(token, SERVER, {"auth_certificate": "garbage"})
+        install_certificates(token, SERVER, {"auth_certificate": "garbage"}, sample_conf(1))
