@@ -21,7 +21,17 @@ file paths of the server, SQL or key material.
     │   ├── InvalidApiKey                   Client.InvalidApiKey            401
     │   ├── InsufficientRole                Client.InsufficientRole         403
     │   ├── MethodNotAllowed                Client.MethodNotAllowed         405
-    │   └── PayloadTooLarge                 Client.PayloadTooLarge          413
+    │   ├── PayloadTooLarge                 Client.PayloadTooLarge          413
+    │   ├── InvalidContentType              Client.InvalidContentType       400
+    │   ├── MimeParsingFailed               Client.MimeParsingFailed        400
+    │   ├── MissingSoap                     Client.MissingSoap              400
+    │   ├── InvalidXml                      Client.InvalidXml               400
+    │   ├── InvalidSoap                     Client.InvalidSoap              400
+    │   ├── InvalidBody                     Client.InvalidBody              400
+    │   ├── MissingHeaderField              Client.MissingHeaderField       400
+    │   ├── DuplicateHeaderField            Client.DuplicateHeaderField     400
+    │   ├── InvalidProtocolVersion          Client.InvalidProtocolVersion   400
+    │   └── InvalidPath                     Client.InvalidPath              400
     ├── ConfigError                         Server.InvalidConfiguration     500
     ├── TokenError                          Server.TokenError               500
     │   ├── WrongPin                        Server.WrongPin                 403
@@ -29,13 +39,18 @@ file paths of the server, SQL or key material.
     │   └── KeyNotFound                     Server.KeyNotFound              500
     ├── PkiError                            Server.PkiError                 500
     │   ├── CertificateInvalid              Server.InvalidCertificate       500
-    │   └── CertificateRevoked              Server.CertificateRevoked       500
+    │   ├── CertificateRevoked              Server.CertificateRevoked       500
+    │   └── SslAuthenticationFailed         Server.SslAuthenticationFailed  500
     ├── GlobalConfError                     Server.GlobalConfError          500
     │   ├── GlobalConfMalformed             Server.MalformedGlobalConf      500
     │   ├── GlobalConfSignatureInvalid      Server.InvalidGlobalConfSignature 500
     │   ├── GlobalConfExpired               Server.OutdatedGlobalConf       500
     │   └── GlobalConfUnavailable           Server.GlobalConfUnavailable    500
     ├── AnchorInvalid                       Server.InvalidAnchor            500
+    ├── InconsistentResponse                Server.InconsistentResponse     500
+    ├── SignatureInvalid                    Server.InvalidSignatureValue    500
+    ├── InvalidTransportMessage             Server.InvalidMessage           500
+    ├── AccessDenied                        Server.AccessDenied             403
     ├── UpstreamUnavailable                 Server.NetworkError             502
     └── DatabaseError                       Server.DatabaseError            500
 
@@ -49,6 +64,7 @@ import json
 from typing import Any, ClassVar
 
 __all__ = [
+    "AccessDenied",
     "AnchorInvalid",
     "CertificateInvalid",
     "CertificateRevoked",
@@ -56,25 +72,39 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DatabaseError",
+    "DuplicateHeaderField",
     "DuplicateRegistration",
     "GlobalConfError",
     "GlobalConfExpired",
     "GlobalConfMalformed",
     "GlobalConfSignatureInvalid",
     "GlobalConfUnavailable",
+    "InconsistentResponse",
     "InsufficientRole",
     "InvalidApiKey",
+    "InvalidBody",
+    "InvalidContentType",
     "InvalidCsr",
     "InvalidIdentifier",
+    "InvalidPath",
+    "InvalidProtocolVersion",
     "InvalidRequest",
+    "InvalidSoap",
     "InvalidState",
+    "InvalidTransportMessage",
+    "InvalidXml",
     "KeyNotFound",
     "KorpuError",
     "MethodNotAllowed",
+    "MimeParsingFailed",
     "MissingApiKey",
+    "MissingHeaderField",
+    "MissingSoap",
     "NotFound",
     "PayloadTooLarge",
     "PkiError",
+    "SignatureInvalid",
+    "SslAuthenticationFailed",
     "TokenError",
     "TokenNotInitialized",
     "UpstreamUnavailable",
@@ -203,6 +233,69 @@ class PayloadTooLarge(ClientError):
     http_status = 413
 
 
+# Message protocol faults (SOAP 4.0 / REST r1).  Names follow X-Road's ErrorCodes vocabulary where it has one.
+
+
+class InvalidContentType(ClientError):
+    """The message's content type is not one the protocol accepts (or is malformed)."""
+
+    code = "InvalidContentType"
+
+
+class MimeParsingFailed(ClientError):
+    """A multipart (SOAP with attachments) message is not well-formed MIME."""
+
+    code = "MimeParsingFailed"
+
+
+class MissingSoap(ClientError):
+    """A multipart message has no part holding the SOAP envelope."""
+
+    code = "MissingSoap"
+
+
+class InvalidXml(ClientError):
+    """A message is not well-formed XML, or uses a DTD, entities or excessive nesting."""
+
+    code = "InvalidXml"
+
+
+class InvalidSoap(ClientError):
+    """Well-formed XML that is not a valid SOAP 1.1 envelope for the X-Road message protocol."""
+
+    code = "InvalidSoap"
+
+
+class InvalidBody(ClientError):
+    """The SOAP Body is empty or its element does not match the service code in the header."""
+
+    code = "InvalidBody"
+
+
+class MissingHeaderField(ClientError):
+    """A required X-Road header field (client, service, id, protocolVersion, X-Road-Client) is missing."""
+
+    code = "MissingHeaderField"
+
+
+class DuplicateHeaderField(ClientError):
+    """An X-Road header field appears more than once."""
+
+    code = "DuplicateHeaderField"
+
+
+class InvalidProtocolVersion(ClientError):
+    """The message names a protocol version other than SOAP ``4.0`` or REST ``r1``."""
+
+    code = "InvalidProtocolVersion"
+
+
+class InvalidPath(ClientError):
+    """A REST path uses encoded slashes, dot segments, control characters or bad percent-encoding."""
+
+    code = "InvalidPath"
+
+
 # Server-side conditions ----------------------------------------------------------------------------------------
 
 
@@ -255,6 +348,12 @@ class CertificateRevoked(PkiError):
     code = "CertificateRevoked"
 
 
+class SslAuthenticationFailed(PkiError):
+    """A TLS peer is not the security server global configuration lists for it (X-Road's code)."""
+
+    code = "SslAuthenticationFailed"
+
+
 class GlobalConfError(KorpuError):
     """Global configuration cannot be used."""
 
@@ -289,6 +388,44 @@ class AnchorInvalid(KorpuError):
     """The configuration anchor file cannot be read or is malformed."""
 
     code = "InvalidAnchor"
+
+
+class InconsistentResponse(KorpuError):
+    """A response does not echo its request's header fields, or its request hash does not match the request.
+
+    Raised with the origin of the side that noticed (``Server.ServerProxy`` for a provider's answer,
+    ``Server.ClientProxy`` for the provider security server's).
+    """
+
+    code = "InconsistentResponse"
+
+
+class SignatureInvalid(KorpuError):
+    """A message's signature is malformed, does not cover exactly its parts, or does not verify (X-Road's code).
+
+    Raised with the origin of the side that verified (``Server.ServerProxy`` for a request,
+    ``Server.ClientProxy`` for a response).
+    """
+
+    code = "InvalidSignatureValue"
+
+
+class InvalidTransportMessage(KorpuError):
+    """A message between security servers breaks the transport format (manifest, part lengths, framing)."""
+
+    code = "InvalidMessage"
+
+
+class AccessDenied(KorpuError):
+    """The policy engine denied the request: no access right lets this client call this service.
+
+    Raised by the provider's security server with origin ``Server.ServerProxy`` (X-Road's
+    ``Server.ServerProxy.AccessDenied``).  The message says only which service was refused; the decision's reason
+    and rule go to the message log, because they reveal the provider's policy.
+    """
+
+    code = "AccessDenied"
+    http_status = 403
 
 
 class UpstreamUnavailable(KorpuError):
