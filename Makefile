@@ -12,11 +12,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# System tools the tests drive (openssl for independent verification). Installed only when missing.
+# System tools the tests drive (openssl and xmlsec1 for independent verification). Installed only when missing.
 system-deps:
 	@command -v openssl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; \
 	  else echo "openssl is required: install it (apt-get install openssl)" >&2; exit 1; fi; }
+	@command -v xmlsec1 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq xmlsec1; \
+	  else echo "xmlsec1 is required: install it (apt-get install xmlsec1)" >&2; exit 1; fi; }
 
 demo: $(STAMP)
 	$(BIN)/korpu demo
