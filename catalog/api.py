@@ -61,6 +61,7 @@ from catalog.store import (
     CatalogStore,
     ClientRegistration,
     Fee,
+    InstanceScoped,
     Member,
     PublicServiceMetadata,
     RegistrationRequest,
@@ -87,6 +88,7 @@ __all__ = [
     "error_middleware",
     "load_openapi",
     "management_app",
+    "read_capped",
 ]
 
 log = structlog.get_logger(__name__)
@@ -104,6 +106,8 @@ REGISTRATION_KEY = web.AppKey("catalog_registration", RegistrationService)
 _OPENAPI_KEY = web.AppKey("catalog_openapi", dict)
 
 T = TypeVar("T")
+#: An identifier that names its instance (every kind the catalog stores).
+Ident = TypeVar("Ident", bound=InstanceScoped)
 
 # Identifier path segments: codes never contain "/", so each identifier kind is a fixed number of segments.
 _SEG = "[^/]+"
@@ -118,8 +122,12 @@ _CLIENT = f"{_MEMBER}(?:/{_SEG})?"
 
 
 def _error_response(error: KorpuError, correlation_id: str | None = None) -> web.Response:
+    # X-Road-Error carries the fault code so a caller can branch on it without parsing the body (docs/errors.md).
     return web.Response(
-        body=render_json(error, correlation_id), status=error.http_status, content_type="application/json"
+        body=render_json(error, correlation_id),
+        status=error.http_status,
+        content_type="application/json",
+        headers={"X-Road-Error": error.fault_code},
     )
 
 
@@ -156,29 +164,61 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=functools.partial(json.dumps, ensure_ascii=False))
 
 
-async def _read_json(request: web.Request, limit: int = MAX_BODY) -> _Body:
-    """Read at most ``limit`` bytes of JSON object body (the cap holds even without a Content-Length)."""
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` as soon as it proves longer than ``limit`` bytes.
+
+    Reads until end of stream, so a chunked body arrives whole; ``StreamReader.read(n)`` would return only what
+    happens to be buffered.  The cap holds with or without a Content-Length.
+    """
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidRequest(f"the request body is not valid JSON ({name} is not a JSON number)")
+
+
+async def _read_json(request: web.Request, limit: int = MAX_BODY) -> _Body:
+    """Read at most ``limit`` bytes of JSON object body and parse it strictly.
+
+    Refused as 400 InvalidRequest: malformed JSON or UTF-8, ``NaN``/``Infinity`` (not JSON, though Python's parser
+    takes them), and nesting deep enough to exhaust the parser's recursion (the body is open to anyone on the
+    registration endpoint, so that must be a clean refusal, not a 500).
+    """
+    raw = await read_capped(request, limit)
+    if raw is None:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
     try:
-        data = json.loads(raw) if raw else None
+        data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
-    return _Body(data)
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
+    return _Body(data, instance=_get_store(request).instance)
 
 
 class _Body:
-    """A JSON object body read field by field; whatever is left unread at :meth:`done` is an unknown field."""
+    """A JSON object body read field by field; whatever is left unread at :meth:`done` is an unknown field.
 
-    def __init__(self, data: object, prefix: str = "") -> None:
+    Identifiers read with :meth:`ident` must belong to ``instance``, the catalog's: nothing of another X-Road
+    instance enters the catalog.
+    """
+
+    def __init__(self, data: object, prefix: str = "", *, instance: str) -> None:
         if not isinstance(data, dict):
             raise InvalidRequest(f"{prefix.rstrip('.') or 'the request body'} must be a JSON object")
         self._data: dict[str, Any] = data
         self._seen: set[str] = set()
         self._prefix = prefix
+        self._instance = instance
 
     def _get(self, name: str, required: bool) -> Any:
         self._seen.add(name)
@@ -233,11 +273,24 @@ class _Body:
     def obj(self, name: str) -> _Body | None:
         """An optional nested object."""
         value = self._get(name, False)
-        return None if value is None else _Body(value, f"{self._prefix}{name}.")
+        return None if value is None else _Body(value, f"{self._prefix}{name}.", instance=self._instance)
 
-    def ident(self, name: str, parse: Callable[[str], T]) -> T:
-        """A required identifier field, parsed; a malformed one is InvalidIdentifier naming the field."""
-        return _ident(self.text(name), parse, f"{self._prefix}{name}")
+    def ident(self, name: str, parse: Callable[[str], Ident]) -> Ident:
+        """A required identifier field of the catalog's instance; a malformed or foreign one is InvalidIdentifier."""
+        return self._local(name, _ident(self.text(name), parse, f"{self._prefix}{name}"))
+
+    def opt_ident(self, name: str, parse: Callable[[str], Ident]) -> Ident | None:
+        """An optional identifier field (``null`` or absent: ``None``), checked like :meth:`ident`."""
+        text = self.opt_str(name)
+        return None if text is None else self._local(name, _ident(text, parse, f"{self._prefix}{name}"))
+
+    def _local(self, name: str, ident: Ident) -> Ident:
+        if ident.instance != self._instance:
+            raise InvalidIdentifier(
+                f"{self._prefix}{name}: {ident.path()} belongs to X-Road instance {ident.instance}, "
+                f"but this central server governs instance {self._instance}"
+            )
+        return ident
 
     def done(self) -> None:
         """Refuse fields the endpoint does not know (a typo must not be silently ignored)."""
@@ -611,7 +664,7 @@ def _service_spec(service_id: ServiceId, body: _Body) -> ServiceSpec:
                 raise InvalidRequest('metadata.fee.amount must be a decimal number such as "2.50"') from None
             fee = Fee(amount, fee_body.text("currency"))
             fee_body.done()
-        agency = meta_body.opt_str("responsible_agency")
+        agency = meta_body.opt_ident("responsible_agency", MemberId.parse)
         metadata = PublicServiceMetadata(
             legal_basis=meta_body.opt_str("legal_basis", "") or "",
             required_documents=meta_body.str_list("required_documents"),
@@ -620,9 +673,7 @@ def _service_spec(service_id: ServiceId, body: _Body) -> ServiceSpec:
             duration_days=meta_body.opt_int("duration_days"),
             channels=meta_body.str_list("channels"),
             is_e_service=meta_body.flag("is_e_service"),
-            responsible_agency=None
-            if agency is None
-            else _ident(agency, MemberId.parse, "metadata.responsible_agency"),
+            responsible_agency=agency,
         )
         meta_body.done()
     stype = body.text("type")

@@ -62,7 +62,7 @@ class CentralServer:
         """Unlock the token with ``pin`` and open the catalog; nothing listens yet."""
         token = SoftwareToken.open(state_dir / "token", pin)
         ca = CertificateAuthority.load(token, ocsp_url=config.effective_ocsp_url)
-        store = CatalogStore.open(config.database_url(state_dir))
+        store = CatalogStore.open(config.database_url(state_dir), instance=config.instance)
 
         ocsp: OcspResponder | None = None
         responder_certs: tuple[bytes, ...] = ()
@@ -110,7 +110,9 @@ class CentralServer:
             expiry_s=gc.expiry_seconds,
             regenerate_interval_s=gc.regenerate_seconds,
         )
-        registration = RegistrationService(store, ca, auto_approve=config.auto_approve)
+        registration = RegistrationService(
+            store, ca, auto_approve=config.auto_approve, cert_validity_days=config.cert_validity_days
+        )
         return cls(state_dir, config, token, ca, store, registration, publisher, ocsp, tsa)
 
     def create_app(self) -> web.Application:

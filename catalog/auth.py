@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from bridge.errors import InsufficientRole, MissingApiKey
+from bridge.errors import InsufficientRole, InvalidApiKey, MissingApiKey
 from catalog.store import ApiKey, CatalogStore, Role
 
 __all__ = [
@@ -44,7 +44,10 @@ _MAX_SECRET = 256
 
 
 def extract_secret(headers: Mapping[str, str]) -> str:
-    """The API key secret from ``X-API-Key`` or ``Authorization: Bearer``; :class:`MissingApiKey` if neither."""
+    """The API key secret from ``X-API-Key`` or ``Authorization: Bearer``.
+
+    :class:`MissingApiKey` if neither is given, :class:`InvalidApiKey` if the value cannot be a key.
+    """
     secret = headers.get(API_KEY_HEADER, "").strip()
     if not secret:
         scheme, _, value = headers.get("Authorization", "").strip().partition(" ")
@@ -52,6 +55,10 @@ def extract_secret(headers: Mapping[str, str]) -> str:
             secret = value.strip()
     if not secret:
         raise MissingApiKey(f"this endpoint needs an API key in the {API_KEY_HEADER} header")
+    # Keys are printable ASCII.  aiohttp hands non-UTF-8 header bytes over as lone surrogates, which no key
+    # contains and which cannot even be encoded for hashing: refuse them as the invalid key they are.
+    if not secret.isascii() or not secret.isprintable():
+        raise InvalidApiKey("the API key is not valid")
     return secret[: _MAX_SECRET + 1]
 
 

@@ -10,6 +10,8 @@ import os
 import shutil
 import sys
 import tempfile
+import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ import aiohttp
 from aiohttp import web
 
 from bridge.cli import read_pin
-from bridge.config import dump
-from bridge.errors import ConfigError, MissingApiKey, UpstreamUnavailable
+from bridge.config import build, dump
+from bridge.errors import ConfigError, InvalidRequest, MissingApiKey, UpstreamUnavailable
 from bridge.fsutil import write_atomic
 from bridge.logsetup import get_logger
 from catalog.config import CONFIG_NAME, CentralConfig, GlobalConfOptions, Listen, load_central_config
@@ -46,7 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--regenerate", type=int, default=60, help="regenerate global configuration every N seconds")
     init.add_argument("--algorithm", default="ec-p256", help="key algorithm: ec-p256, rsa-2048 or rsa-3072")
     init.add_argument("--pin-file", type=Path, help="file holding the token PIN (else $KORPU_PIN or a prompt)")
-    init.add_argument("--api-key-file", type=Path, help="also write the admin API key to this file (mode 0600)")
+    init.add_argument(
+        "--api-key-file", type=Path, help="write the admin API key to this file (mode 0600) instead of printing it"
+    )
     init.set_defaults(handler=_cmd_init)
 
     serve = sub.add_parser("serve", help="run the central server")
@@ -56,10 +60,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         cmd = sub.add_parser(name, help=f"{verb} a registration request (through the management API)")
-        cmd.add_argument("request_id", help="the request's id, as printed by `korpu ss init`")
+        cmd.add_argument("request_id", help="the request's id (a UUID), as printed by `korpu ss init`")
         cmd.add_argument("--comment", default="", help="a note recorded with the decision")
         _api_args(cmd)
-        cmd.set_defaults(handler=_cmd_decide, decision=name)
+        cmd.set_defaults(handler=_cmd_decide, decision=name, usage_error=cmd.error)
 
     status = sub.add_parser("status", help="catalog summary and pending registration requests")
     status.add_argument("--dir", type=Path, required=True, help="state directory")
@@ -68,7 +72,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _api_args(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--dir", type=Path, help="state directory (to find the server's URL)")
+    cmd.add_argument(
+        "--dir", type=Path, help=f"state directory, to find the server's URL (default: here, if it has {CONFIG_NAME})"
+    )
     cmd.add_argument("--url", help="central server base URL (default: public_url from --dir)")
     cmd.add_argument("--api-key", help="management API key (else $KORPU_API_KEY or --api-key-file)")
     cmd.add_argument("--api-key-file", type=Path, help="file holding the management API key")
@@ -89,9 +95,12 @@ def init_central(
     globalconf: GlobalConfOptions | None = None,
     algorithm: str = "ec-p256",
 ) -> str:
-    """Create a central server's state directory; returns the administrator API key (shown once).
+    """Create a central server's state directory and catalog; returns the administrator API key (shown once).
 
-    Built in a temporary directory and moved into place at the end, so a failure leaves nothing behind.
+    A failure leaves nothing behind: the files are built in a temporary directory and moved into place, and then
+    the catalog is created in the database in a single transaction (:meth:`CatalogStore.create`), which is the
+    last step that can fail and which refuses a database that already holds a catalog.  If it fails, the state
+    directory is removed again and the database is as it was.
     """
     from bridge.anchor import ConfigurationAnchor, ConfigurationSource
     from bridge.pki.keys import KeyAlgorithm
@@ -102,7 +111,9 @@ def init_central(
 
     if state_dir.exists() and any(state_dir.iterdir()):
         raise ConfigError(f"{state_dir}: already exists and is not empty; refusing to overwrite a central server")
-    config = CentralConfig(
+    config = build(
+        CentralConfig,
+        "korpu central init",
         instance=instance,
         public_url=public_url,
         database=database,
@@ -110,7 +121,11 @@ def init_central(
         globalconf=globalconf or GlobalConfOptions(),
         auto_approve=auto_approve,
     )
-    key_algorithm = KeyAlgorithm(algorithm)
+    try:
+        key_algorithm = KeyAlgorithm(algorithm)
+    except ValueError:
+        names = ", ".join(a.value for a in KeyAlgorithm)
+        raise ConfigError(f"korpu central init: algorithm must be one of {names}") from None
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{state_dir.name}.init-", dir=state_dir.parent))
     try:
@@ -137,26 +152,34 @@ def init_central(
         conf_cert = ca.issue_conf_signing_cert(token.generate_key("conf-signing", key_algorithm), instance)
         token.store_certificate("conf-signing", conf_cert)
         issued.append((CertKind.CONF, conf_cert))
-        # (4) the catalog database with its first administrator key and the certificate records
-        store = CatalogStore.open(config.database_url(work))
-        try:
-            store.record_certificate(CertKind.ROOT_CA, ca.root_cert)
-            store.record_certificate(CertKind.ISSUING_CA, ca.issuing_cert)
-            for kind, cert in issued:
-                store.record_certificate(kind, cert)
-            _key_id, admin_key = store.create_api_key(["system-administrator"], "initial administrator")
-        finally:
-            store.close()
-        # (5) the configuration anchor handed to security servers out of band
+        # (4) the configuration anchor handed to security servers out of band
         anchor = ConfigurationAnchor.create(
             instance, [ConfigurationSource(f"{config.base_url}/globalconf", (conf_cert,))]
         )
         anchor.save(work / ANCHOR_NAME)
-        if state_dir.exists():
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    # (5) Move the state directory into place (a relative SQLite catalog lives inside it), then create the catalog
+    # in one transaction: schema, instance, the CA's certificate records and the first administrator key.
+    existed = state_dir.exists()
+    try:
+        if existed:
             state_dir.rmdir()  # it is empty (checked above)
         work.rename(state_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        certificates = [(CertKind.ROOT_CA, ca.root_cert), (CertKind.ISSUING_CA, ca.issuing_cert), *issued]
+        store, admin_key = CatalogStore.create(
+            config.database_url(state_dir), instance=instance, certificates=certificates
+        )
+        store.close()
+    except BaseException:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if existed:
+            state_dir.mkdir(exist_ok=True)
         raise
     return admin_key
 
@@ -164,6 +187,18 @@ def init_central(
 def _cmd_init(args: argparse.Namespace) -> int:
     from bridge.anchor import ConfigurationAnchor
 
+    # Options are checked before the PIN is asked for, so a typo costs no prompt.
+    listen = build(Listen, "korpu central init (--host/--port)", host=args.host, port=args.port)
+    globalconf = build(
+        GlobalConfOptions,
+        "korpu central init (--expiry/--regenerate)",
+        expiry_seconds=args.expiry,
+        regenerate_seconds=args.regenerate,
+    )
+    key_file: Path | None = args.api_key_file
+    if key_file is not None and not key_file.parent.is_dir():
+        # Checked up front: once init has run, a key that cannot be written would be lost.
+        raise ConfigError(f"{key_file}: the directory for the API key file does not exist")
     pin = read_pin(args, confirm=True)
     public_url = args.public_url or f"http://{args.host}:{args.port}"
     admin_key = init_central(
@@ -171,19 +206,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
         instance=args.instance,
         public_url=public_url,
         pin=pin,
-        listen=Listen(host=args.host, port=args.port),
+        listen=listen,
         database=args.database,
         auto_approve=args.auto_approve,
-        globalconf=GlobalConfOptions(expiry_seconds=args.expiry, regenerate_seconds=args.regenerate),
+        globalconf=globalconf,
         algorithm=args.algorithm,
     )
-    if args.api_key_file:
-        write_atomic(args.api_key_file, admin_key.encode(), mode=0o600)
     anchor = ConfigurationAnchor.load(args.dir / ANCHOR_NAME)
     print(f"central server for instance {args.instance} initialised in {args.dir}")
     print(f"configuration anchor: {args.dir / ANCHOR_NAME}")
     print(f"  SHA-256 {anchor.sha256} (compare it with the copy security servers receive)")
-    print(f"administrator API key (shown once, keep it safe): {admin_key}")
+    if key_file is None:
+        print(f"administrator API key (shown once, keep it safe): {admin_key}")
+        return 0
+    try:
+        write_atomic(key_file, admin_key.encode(), mode=0o600)
+    except OSError as exc:
+        # The key exists only in this process now: show it rather than lose the only administrator key.
+        print(f"administrator API key (shown once, keep it safe): {admin_key}")
+        raise ConfigError(f"{key_file}: cannot write the API key file ({exc.strerror})") from None
+    print(f"administrator API key written to {key_file} (mode 0600; it is not shown)")
     return 0
 
 
@@ -230,11 +272,25 @@ def _api_key(args: argparse.Namespace) -> str:
 
 
 def _base_url(args: argparse.Namespace) -> str:
+    """``--url``, else ``public_url`` from ``--dir``, else from the current directory if it is a state directory."""
     if args.url:
         return str(args.url).rstrip("/")
     if args.dir:
         return load_central_config(args.dir).base_url
-    raise ConfigError("give --url or --dir to say which central server to talk to")
+    here = Path.cwd()
+    if (here / CONFIG_NAME).is_file():
+        return load_central_config(here).base_url
+    # A usage mistake, not a server fault: argparse's error() prints the usage line and exits with 2.
+    args.usage_error(f"give --url (or --dir) to say which central server to talk to; no {CONFIG_NAME} here")
+    raise AssertionError("unreachable: usage_error exits")  # pragma: no cover
+
+
+def _request_id(text: str) -> str:
+    """The canonical form of a registration request id, which must be a UUID."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidRequest(f"request id {text!r} is not a UUID (as printed by `korpu ss init`)") from None
 
 
 async def api_call(base_url: str, api_key: str, method: str, path: str, payload: Any = None) -> dict[str, Any]:
@@ -260,16 +316,18 @@ async def api_call(base_url: str, api_key: str, method: str, path: str, payload:
 
 
 def _cmd_decide(args: argparse.Namespace) -> int:
+    request_id = _request_id(args.request_id)
+    base_url = _base_url(args)
     answer = asyncio.run(
         api_call(
-            _base_url(args),
+            base_url,
             _api_key(args),
             "POST",
-            f"/api/v1/registration-requests/{args.request_id}/{args.decision}",
+            f"/api/v1/registration-requests/{urllib.parse.quote(request_id, safe='')}/{args.decision}",
             {"comment": args.comment},
         )
     )
-    print(f"registration request {args.request_id}: {answer.get('state')}")
+    print(f"registration request {request_id}: {answer.get('state')}")
     return 0
 
 
@@ -281,7 +339,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from catalog.store import CatalogStore
 
     config = load_central_config(args.dir)
-    store = CatalogStore.open(config.database_url(args.dir))
+    store = CatalogStore.open(config.database_url(args.dir), instance=config.instance)
     try:
         summary = store.status()
         pending = [r for r in store.list_registration_requests(state="submitted")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,15 @@ class GlobalConfOptions:
     ocsp_freshness_seconds: int = option(3600, help="OCSP responses older than this are not accepted.")
 
     def __post_init__(self) -> None:
-        if self.regenerate_seconds <= 0 or self.refresh_seconds <= 0:
-            raise ValueError("regenerate_seconds and refresh_seconds must be positive")
+        for name in (
+            "expiry_seconds",
+            "regenerate_seconds",
+            "refresh_seconds",
+            "timestamping_interval_seconds",
+            "ocsp_freshness_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
         if self.expiry_seconds <= self.regenerate_seconds:
             raise ValueError("expiry_seconds must be longer than regenerate_seconds, or every copy would expire")
 
@@ -61,8 +69,11 @@ class CentralConfig:
 
     def __post_init__(self) -> None:
         check_code(self.instance, "instance")
-        if not self.public_url.startswith(("http://", "https://")):
-            raise ValueError("public_url must start with http:// or https://")
+        _check_http_url(self.public_url, "public_url")
+        if self.ocsp_url is not None:
+            _check_http_url(self.ocsp_url, "ocsp_url")
+        if self.tsa_url is not None:
+            _check_http_url(self.tsa_url, "tsa_url")
         if (self.tsa_url is None) != (self.tsa_certificate is None):
             raise ValueError("tsa_url and tsa_certificate must be given together")
         if self.cert_validity_days <= 0:
@@ -91,6 +102,19 @@ class CentralConfig:
             if not file.is_absolute():
                 return f"{prefix}{(state_dir / file).resolve()}"
         return self.database
+
+
+def _check_http_url(url: str, name: str) -> None:
+    """``url`` must be an absolute http(s) URL with a host: it is written into global configuration and the anchor."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - evaluated for its validation: a malformed port raises ValueError
+    except ValueError:
+        raise ValueError(f"{name} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, e.g. https://central.example.az")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise ValueError(f"{name} must not contain whitespace or control characters")
 
 
 def load_central_config(state_dir: Path) -> CentralConfig:

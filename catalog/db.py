@@ -122,6 +122,12 @@ class Transaction:
         row = self.one(sql, params)
         return None if row is None else row[0]
 
+    def table_exists(self, name: str) -> bool:
+        """Whether a table called ``name`` is visible (PostgreSQL: on the connection's ``search_path``)."""
+        if self.dialect == "sqlite":
+            return self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
+        return self.scalar("SELECT to_regclass(?)::text", (name,)) is not None
+
     def _run(self, sql: str, params: Sequence[Any], conflict: KorpuError | None) -> _Cursor:
         text = self._db.sql(sql)
         try:
@@ -225,26 +231,37 @@ class Database:
         leaves the schema as it was.  On PostgreSQL an advisory lock serialises concurrent migrators; on SQLite
         ``BEGIN IMMEDIATE`` does the same.
         """
+        with self.transaction() as tx:
+            return self.apply_migrations(tx, migrations)
+
+    def lock_schema(self, tx: Transaction) -> None:
+        """Serialise schema work with other processes until ``tx`` ends (PostgreSQL advisory lock).
+
+        SQLite needs nothing: a writing transaction already holds the database's write lock.  The lock is
+        re-entrant within a transaction, so callers may take it before :meth:`apply_migrations` takes it again.
+        """
+        if self.dialect == "postgresql":
+            tx.scalar("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_KEY,))
+
+    def apply_migrations(self, tx: Transaction, migrations: Sequence[Migration]) -> int:
+        """:meth:`migrate` inside the caller's transaction ``tx``: it commits or rolls back with the caller's work."""
         versions = [m.version for m in migrations]
         if versions != sorted(set(versions)):
             raise DatabaseError("migrations must have unique, increasing version numbers")
-        with self.transaction() as tx:
-            if self.dialect == "postgresql":
-                tx.scalar("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_KEY,))
+        self.lock_schema(tx)
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        applied = {int(row[0]) for row in tx.query("SELECT version FROM schema_migrations")}
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                tx.execute(statement)
             tx.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, utcnow()),
             )
-            applied = {int(row[0]) for row in tx.query("SELECT version FROM schema_migrations")}
-            for migration in migrations:
-                if migration.version in applied:
-                    continue
-                for statement in migration.statements:
-                    tx.execute(statement)
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, utcnow()),
-                )
-                log.info("applied catalog migration", version=migration.version, name=migration.name)
-            current = tx.scalar("SELECT MAX(version) FROM schema_migrations")
-        return int(current or 0)
+            log.info("applied catalog migration", version=migration.version, name=migration.name)
+        return int(tx.scalar("SELECT MAX(version) FROM schema_migrations") or 0)

@@ -34,6 +34,7 @@ from cryptography.x509 import ocsp
 
 from bridge.pki.keys import PrivateKey, signature_hash
 from bridge.pki.ocsp import issuer_key_hash
+from catalog.api import read_capped
 from catalog.certregistry import CertRecord, StatusLookup
 
 __all__ = [
@@ -186,8 +187,8 @@ class OcspResponder:
     async def handle(self, request: web.Request) -> web.Response:
         """Answer a POST (DER body) or GET (``/{base64 DER}``) OCSP request; malformed ones get malformedRequest."""
         if request.method == "POST":
-            body = await request.content.read(MAX_REQUEST_SIZE + 1)
-            request_der: bytes | None = body if len(body) <= MAX_REQUEST_SIZE else None
+            # The whole body (a chunked one too), or None if it is oversized: either way no truncated DER is parsed.
+            request_der = await read_capped(request, MAX_REQUEST_SIZE)
         else:
             request_der = _decode_get(request.match_info.get("req", ""))
         if request_der is None:

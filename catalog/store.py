@@ -9,6 +9,10 @@ path form (unambiguous per column, because codes cannot contain ``/``) and clien
 encoded form (``SUBSYSTEM:AZ/GOV/1/bank``).  Ordering for output is done in Python on the identifier
 dataclasses, because the two backends collate text differently.
 
+A catalog belongs to one X-Road instance, recorded in ``catalog_meta`` (see :meth:`CatalogStore.open` and
+:meth:`CatalogStore.create`); every identifier written to it must be of that instance, so another instance's
+members can never be certified by this CA or listed in this instance's global configuration.
+
 :class:`RegistrationService` orchestrates a registration: validate the CSRs at submission, and at approval have
 the CA issue the certificates and record everything the approval implies in one store transaction.  The
 management API and the ``korpu central`` CLI both go through it.
@@ -33,9 +37,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import (
+    ConfigError,
     Conflict,
     DuplicateRegistration,
     InvalidApiKey,
+    InvalidCsr,
     InvalidIdentifier,
     InvalidRequest,
     InvalidState,
@@ -64,6 +70,7 @@ from catalog.db import Database, Migration, Transaction, utcnow
 
 __all__ = [
     "MIGRATIONS",
+    "REVOCATION_REASONS",
     "AccessRightRecord",
     "ApiKey",
     "CatalogContent",
@@ -72,6 +79,7 @@ __all__ = [
     "CertificateAuthority",
     "ClientRegistration",
     "Fee",
+    "InstanceScoped",
     "Member",
     "PublicServiceMetadata",
     "RegistrationRequest",
@@ -148,6 +156,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idx_requests_state ON registration_requests (state)",
             "CREATE INDEX idx_certificates_server ON certificates (server_id)",
         ),
+    ),
+    # The catalog's identity: which X-Road instance it governs (name 'instance').  Recorded when a catalog is
+    # created or first opened after this migration, and checked at every open, so a central server cannot be
+    # pointed at another instance's database by mistake.
+    Migration(
+        2,
+        "catalog identity",
+        ("CREATE TABLE catalog_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
     ),
 )
 
@@ -275,14 +291,15 @@ class ServerRegistration:
     client_codes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _text(self.owner_name, "ownerName", max_len=_MAX_NAME, required=True)
+        # Field names in messages are the management API's JSON names, which is where these values come from.
+        _text(self.owner_name, "owner_name", max_len=_MAX_NAME, required=True)
         _check_address(self.address)
-        _text(self.auth_csr_pem, "authCsr", max_len=64 * 1024, required=True)
-        _text(self.sign_csr_pem, "signCsr", max_len=64 * 1024, required=True)
+        _text(self.auth_csr_pem, "auth_csr", max_len=64 * 1024, required=True)
+        _text(self.sign_csr_pem, "sign_csr", max_len=64 * 1024, required=True)
         for code in self.client_codes:
-            check_code(code, "clientCodes[]")
+            check_code(code, "clients[]")
         if len(set(self.client_codes)) != len(self.client_codes):
-            raise InvalidRequest("clientCodes must not repeat a code")
+            raise InvalidRequest("clients must not repeat a code")
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +317,7 @@ class ClientRegistration:
         if not isinstance(self.client, SubsystemId):
             raise InvalidIdentifier("client must be a subsystem")
         if self.member_name is not None:
-            _text(self.member_name, "memberName", max_len=_MAX_NAME, required=True)
+            _text(self.member_name, "member_name", max_len=_MAX_NAME, required=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,9 +352,9 @@ class Fee:
 
     def __post_init__(self) -> None:
         if not isinstance(self.amount, Decimal) or not self.amount.is_finite() or self.amount < 0:
-            raise InvalidRequest("fee.amount must be a non-negative decimal number")
+            raise InvalidRequest("metadata.fee.amount must be a non-negative decimal number")
         if not isinstance(self.currency, str) or not _CURRENCY_RE.match(self.currency):
-            raise InvalidRequest("fee.currency must be a three-letter ISO 4217 code such as AZN")
+            raise InvalidRequest("metadata.fee.currency must be a three-letter ISO 4217 code such as AZN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,19 +374,19 @@ class PublicServiceMetadata:
     responsible_agency: MemberId | None = None
 
     def __post_init__(self) -> None:
-        _text(self.legal_basis, "legalBasis")
+        _text(self.legal_basis, "metadata.legal_basis")
         for doc in self.required_documents:
-            _text(doc, "requiredDocuments[]", max_len=_MAX_NAME, required=True)
+            _text(doc, "metadata.required_documents[]", max_len=_MAX_NAME, required=True)
         for channel in self.channels:
-            _text(channel, "channels[]", max_len=64, required=True)
+            _text(channel, "metadata.channels[]", max_len=64, required=True)
         if self.duration_text is not None:
-            _text(self.duration_text, "durationText", max_len=_MAX_NAME)
+            _text(self.duration_text, "metadata.duration_text", max_len=_MAX_NAME)
         if self.duration_days is not None and (
             isinstance(self.duration_days, bool) or not isinstance(self.duration_days, int) or self.duration_days < 0
         ):
-            raise InvalidRequest("durationDays must be a non-negative integer")
+            raise InvalidRequest("metadata.duration_days must be a non-negative integer")
         if not isinstance(self.is_e_service, bool):
-            raise InvalidRequest("isEService must be a boolean")
+            raise InvalidRequest("metadata.is_e_service must be a boolean")
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,11 +407,11 @@ class ServiceSpec:
         _text(self.title, "title", max_len=_MAX_NAME, required=True)
         _text(self.description, "description")
         if self.description_doc is not None:
-            _text(self.description_doc, "descriptionDocument", max_len=_MAX_DOC)
+            _text(self.description_doc, "description_document", max_len=_MAX_DOC)
         if self.description_url is not None:
-            _text(self.description_url, "descriptionUrl", max_len=2048, required=True)
+            _text(self.description_url, "description_url", max_len=2048, required=True)
             if not self.description_url.startswith(("https://", "http://")):
-                raise InvalidRequest("descriptionUrl must be an http(s) URL")
+                raise InvalidRequest("description_url must be an http(s) URL")
 
     def search_text(self) -> str:
         """The case-folded text that ``?q=`` searches: codes, title, description and the metadata."""
@@ -458,6 +475,19 @@ class CatalogContent:
     access_rights: tuple[AccessRight, ...]
 
 
+class InstanceScoped(Protocol):
+    """Any identifier that names its X-Road instance (members, subsystems, servers, groups, services)."""
+
+    @property
+    def instance(self) -> str:
+        """The X-Road instance code."""
+        ...
+
+    def path(self) -> str:
+        """The identifier in path form."""
+        ...
+
+
 # The store -----------------------------------------------------------------------------------------------------
 
 _REQUEST_COLUMNS = (
@@ -472,22 +502,90 @@ _CERT_COLUMNS = "serial, kind, subject, der, not_after, revoked_at, revocation_r
 
 
 class CatalogStore:
-    """The catalog database.  Create it with :meth:`open`, which applies pending migrations."""
+    """The catalog of one X-Road instance.  Get one with :meth:`create` (a new catalog) or :meth:`open`.
 
-    def __init__(self, db: Database) -> None:
+    Every identifier entering the catalog must belong to :attr:`instance`; others are
+    :class:`~bridge.errors.InvalidIdentifier`.
+    """
+
+    def __init__(self, db: Database, instance: str) -> None:
         self._db = db
+        self._instance = instance
 
     @classmethod
-    def open(cls, url: str) -> CatalogStore:
-        """Open the catalog at ``url`` (``sqlite:///…`` or ``postgresql://…``) and bring its schema up to date."""
+    def open(cls, url: str, *, instance: str) -> CatalogStore:
+        """Open the catalog of ``instance`` at ``url`` (``sqlite:///…`` or ``postgresql://…``), migrating its schema.
+
+        An empty database becomes a catalog of ``instance``; a catalog records its instance in ``catalog_meta``
+        and any later open with another instance is a :class:`~bridge.errors.ConfigError`.
+        """
+        check_code(instance, "instance")
         db = Database(url)
-        db.migrate(MIGRATIONS)
-        return cls(db)
+        with db.transaction() as tx:
+            db.apply_migrations(tx, MIGRATIONS)
+            _claim_instance(tx, instance)
+        return cls(db, instance)
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        *,
+        instance: str,
+        certificates: Iterable[tuple[CertKind, x509.Certificate]] = (),
+        admin_label: str = "initial administrator",
+    ) -> tuple[CatalogStore, str]:
+        """Create the catalog of ``instance`` in a database that holds none; return it and an administrator key.
+
+        Steps, all in one transaction so that a failure anywhere leaves the database exactly as it was (both
+        backends have transactional DDL): (1) refuse a database that already holds a catalog — ours or another
+        instance's — with :class:`~bridge.errors.ConfigError`; (2) create the schema; (3) record the instance;
+        (4) record ``certificates`` (the CA's own); (5) create a system-administrator API key, whose secret is
+        returned here only.
+        """
+        check_code(instance, "instance")
+        _check_label(admin_label)
+        db = Database(url)
+        with db.transaction() as tx:
+            # (1) Under the schema lock, so two concurrent inits cannot both see an empty database.
+            db.lock_schema(tx)
+            if tx.table_exists("catalog_meta"):
+                recorded = tx.scalar("SELECT value FROM catalog_meta WHERE name = 'instance'")
+                raise ConfigError(
+                    f"the database already holds a catalog for instance {recorded}; refusing to initialise over it"
+                )
+            if tx.table_exists("schema_migrations"):
+                raise ConfigError("the database already holds a catalog; refusing to initialise over it")
+            # (2) and (3)
+            db.apply_migrations(tx, MIGRATIONS)
+            _claim_instance(tx, instance)
+            # (4)
+            for kind, cert in certificates:
+                cls._insert_certificate(tx, CertKind(kind), cert, None)
+            # (5)
+            secret = _insert_api_key(tx, frozenset({Role.SYSTEM_ADMINISTRATOR}), admin_label)
+        return cls(db, instance), secret
 
     @property
     def db(self) -> Database:
         """The underlying database (for tools and tests)."""
         return self._db
+
+    @property
+    def instance(self) -> str:
+        """Code of the X-Road instance this catalog governs."""
+        return self._instance
+
+    def check_instance(self, ident: InstanceScoped, what: str) -> None:
+        """Raise :class:`~bridge.errors.InvalidIdentifier` unless ``ident`` belongs to this catalog's instance.
+
+        ``what`` names the identifier in the message (``member``, or a JSON field such as ``server_id``).
+        """
+        if ident.instance != self._instance:
+            raise InvalidIdentifier(
+                f"{what} {ident.path()} belongs to X-Road instance {ident.instance}, "
+                f"but this catalog governs instance {self._instance}"
+            )
 
     def close(self) -> None:
         """Release resources (nothing today: connections are per transaction; kept for explicit lifetimes)."""
@@ -501,6 +599,7 @@ class CatalogStore:
 
     def create_member(self, member_id: MemberId, name: str) -> Member:
         """Register a member; :class:`DuplicateRegistration` if it already is."""
+        self.check_instance(member_id, "member")
         _text(name, "name", max_len=_MAX_NAME, required=True)
         with self._db.transaction() as tx:
             if self._member_exists(tx, member_id):
@@ -550,6 +649,7 @@ class CatalogStore:
 
     def create_subsystem(self, subsystem_id: SubsystemId) -> SubsystemId:
         """Register a subsystem of a registered member."""
+        self.check_instance(subsystem_id, "subsystem")
         with self._db.transaction() as tx:
             if not self._member_exists(tx, subsystem_id.member):
                 raise NotFound(f"member {subsystem_id.member.path()} is not registered")
@@ -637,6 +737,9 @@ class CatalogStore:
         :class:`DuplicateRegistration` if the server (or the client on that server) is already registered or a
         submitted request for it is pending.
         """
+        self.check_instance(registration.server_id, "security server")
+        if isinstance(registration, ClientRegistration):
+            self.check_instance(registration.client, "client")
         request_id = str(uuid.uuid4())
         now = utcnow()
         with self._db.transaction() as tx:
@@ -671,7 +774,7 @@ class CatalogStore:
                 ):
                     raise DuplicateRegistration(f"{client.path()} is already a client of {server_key}")
                 if registration.member_name is None and not self._member_exists(tx, client.member):
-                    raise InvalidRequest(f"memberName is required: member {client.member.path()} is not registered")
+                    raise InvalidRequest(f"member_name is required: member {client.member.path()} is not registered")
                 pending_key = f"client:{server_key}|{client.encoded()}"
                 duplicate = DuplicateRegistration(
                     f"a registration request for {client.path()} on {server_key} is already pending"
@@ -748,6 +851,8 @@ class CatalogStore:
             request = self._request(tx, request_id)
             if request.state is not RequestState.SUBMITTED:
                 raise InvalidState(f"registration request {request_id} is {request.state}, not submitted")
+            # Requests recorded before identifiers were checked at submission could name another instance.
+            self._check_request_instance(request)
             if request.kind is RequestKind.SERVER and (auth_cert is None or sign_cert is None):
                 raise InvalidRequest("approving a server registration needs its issued auth and sign certificates")
             now = utcnow()
@@ -848,6 +953,7 @@ class CatalogStore:
 
     def create_group(self, group_id: GlobalGroupId, description: str) -> GlobalGroup:
         """Create an empty global group (:class:`Conflict` if it exists)."""
+        self.check_instance(group_id, "global group")
         _text(description, "description", max_len=_MAX_NAME)
         with self._db.transaction() as tx:
             if tx.one("SELECT 1 FROM global_groups WHERE id = ?", (group_id.path(),)):
@@ -890,6 +996,8 @@ class CatalogStore:
 
     def add_group_member(self, group_id: GlobalGroupId, client: ClientId) -> GlobalGroup:
         """Add a registered member or subsystem to a group (:class:`Conflict` if it is already in it)."""
+        self.check_instance(group_id, "global group")
+        self.check_instance(client, "client")
         with self._db.transaction() as tx:
             if tx.one("SELECT 1 FROM global_groups WHERE id = ?", (group_id.path(),)) is None:
                 raise NotFound(f"global group {group_id.path()} does not exist")
@@ -920,6 +1028,7 @@ class CatalogStore:
 
     def create_service(self, spec: ServiceSpec) -> CatalogService:
         """Add a service to the catalog; its provider subsystem must be registered."""
+        self._check_spec_instance(spec)
         with self._db.transaction() as tx:
             if tx.one("SELECT 1 FROM services WHERE id = ?", (spec.id.path(),)):
                 raise Conflict(f"service {spec.id.path()} is already in the catalog")
@@ -935,6 +1044,7 @@ class CatalogStore:
 
     def update_service(self, spec: ServiceSpec) -> CatalogService:
         """Replace a catalogued service's type, texts, description document and metadata."""
+        self._check_spec_instance(spec)
         with self._db.transaction() as tx:
             if tx.one("SELECT 1 FROM services WHERE id = ?", (spec.id.path(),)) is None:
                 raise NotFound(f"service {spec.id.path()} is not in the catalog")
@@ -986,6 +1096,8 @@ class CatalogStore:
 
     def grant_access(self, right: AccessRight) -> AccessRightRecord:
         """Grant an access right; granting an existing one again returns the existing record."""
+        self.check_instance(right.subject, "subject")
+        self.check_instance(right.service, "service")
         method = "" if right.method is None else right.method
         path = "" if right.path is None else right.path
         if method and method not in _HTTP_METHODS:
@@ -1052,18 +1164,17 @@ class CatalogStore:
             raise InvalidRequest(f"roles must be among {', '.join(r.value for r in Role)}") from None
         if not role_set:
             raise InvalidRequest("an API key needs at least one role")
-        _text(label, "label", max_len=_MAX_NAME)
-        key_id = f"k{secrets.token_hex(8)}"
-        secret = f"{key_id}.{secrets.token_urlsafe(32)}"
+        _check_label(label)
         with self._db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO api_keys (id, secret_hash, roles, label, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, _secret_hash(secret), ",".join(sorted(role_set)), label, utcnow()),
-            )
-        return key_id, secret
+            secret = _insert_api_key(tx, role_set, label)
+        return secret.partition(".")[0], secret
 
     def authenticate(self, secret: str) -> ApiKey:
         """The active API key whose secret this is; :class:`InvalidApiKey` otherwise."""
+        # Secrets are printable ASCII; anything else (non-UTF-8 header bytes arrive as surrogates) is no key, and
+        # refusing it here keeps it away from the hash, which would fail to encode it.
+        if not secret.isascii() or not secret.isprintable():
+            raise InvalidApiKey("the API key is not valid")
         key_id, dot, _ = secret.partition(".")
         if not dot or not key_id:
             raise InvalidApiKey("the API key is not valid")
@@ -1162,6 +1273,16 @@ class CatalogStore:
             return {name: int(tx.scalar(sql, params) or 0) for name, (sql, params) in queries.items()}
 
     # Internals -----------------------------------------------------------------------------------------------
+
+    def _check_spec_instance(self, spec: ServiceSpec) -> None:
+        self.check_instance(spec.id, "service")
+        if spec.metadata.responsible_agency is not None:
+            self.check_instance(spec.metadata.responsible_agency, "responsible agency")
+
+    def _check_request_instance(self, request: RegistrationRequest) -> None:
+        self.check_instance(request.server_id, "security server")
+        if request.client is not None:
+            self.check_instance(request.client, "client")
 
     @staticmethod
     def _member_exists(tx: Transaction, member_id: MemberId) -> bool:
@@ -1372,15 +1493,52 @@ def _subsystem_key(client: ClientId) -> str | None:
 
 
 def _secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # surrogateescape: a caller-supplied secret that is not valid text must hash (to a value no key has), never
+    # raise; authenticate() refuses such secrets before hashing anyway.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _check_label(label: str) -> None:
+    _text(label, "label", max_len=_MAX_NAME)
+
+
+def _insert_api_key(tx: Transaction, roles: frozenset[Role], label: str) -> str:
+    """Insert a new API key with ``roles`` and return its secret, ``<key_id>.<random token>``."""
+    key_id = f"k{secrets.token_hex(8)}"
+    secret = f"{key_id}.{secrets.token_urlsafe(32)}"
+    tx.execute(
+        "INSERT INTO api_keys (id, secret_hash, roles, label, created_at) VALUES (?, ?, ?, ?, ?)",
+        (key_id, _secret_hash(secret), ",".join(sorted(roles)), label, utcnow()),
+    )
+    return secret
+
+
+def _claim_instance(tx: Transaction, instance: str) -> None:
+    """Record ``instance`` as the catalog's, or check it against the recorded one (:class:`ConfigError`)."""
+    recorded = tx.scalar("SELECT value FROM catalog_meta WHERE name = 'instance'")
+    if recorded is None:
+        # A catalog made before its instance was recorded takes it now, unless its members say otherwise.
+        foreign = sorted(mid for (mid,) in tx.query("SELECT id FROM members") if not mid.startswith(f"{instance}/"))
+        if foreign:
+            raise ConfigError(
+                f"the catalog database holds members of another instance (such as {foreign[0]}), not of {instance}"
+            )
+        tx.execute("INSERT INTO catalog_meta (name, value) VALUES ('instance', ?)", (instance,))
+    elif recorded != instance:
+        raise ConfigError(f"the database holds the catalog for instance {recorded}, not {instance}")
+
+
+#: Reasons a certificate may be revoked with (RFC 5280 §5.3.1).  certificateHold is left out because revocation
+#: here is final (there is no un-hold), and removeFromCRL because it only has meaning in delta CRLs.
+REVOCATION_REASONS: tuple[str, ...] = tuple(
+    r.value for r in x509.ReasonFlags if r not in (x509.ReasonFlags.certificate_hold, x509.ReasonFlags.remove_from_crl)
+)
 
 
 def _check_reason(reason: str) -> str:
-    try:
-        return x509.ReasonFlags(reason).value
-    except ValueError:
-        names = ", ".join(r.value for r in x509.ReasonFlags)
-        raise InvalidRequest(f"reason must be an RFC 5280 CRLReason: one of {names}") from None
+    if reason not in REVOCATION_REASONS:
+        raise InvalidRequest(f"reason must be one of {', '.join(REVOCATION_REASONS)}")
+    return reason
 
 
 def _request_from_row(row: tuple[Any, ...]) -> RegistrationRequest:
@@ -1492,15 +1650,15 @@ class CertificateAuthority(Protocol):
     """What the registration service needs from the federation CA (:mod:`catalog.ca`)."""
 
     def issue_auth_cert(
-        self, csr: x509.CertificateSigningRequest, server: SecurityServerId, owner_name: str
+        self, csr: x509.CertificateSigningRequest, server: SecurityServerId, owner_name: str, *, validity_days: int
     ) -> x509.Certificate:
-        """Issue a security server's authentication certificate."""
+        """Issue a security server's authentication certificate, valid for ``validity_days``."""
         ...
 
     def issue_sign_cert(
-        self, csr: x509.CertificateSigningRequest, member: MemberId, member_name: str
+        self, csr: x509.CertificateSigningRequest, member: MemberId, member_name: str, *, validity_days: int
     ) -> x509.Certificate:
-        """Issue a member's signing certificate."""
+        """Issue a member's signing certificate, valid for ``validity_days``."""
         ...
 
 
@@ -1514,24 +1672,43 @@ def _load_csr(pem: str) -> x509.CertificateSigningRequest:
     return load_csr(pem)
 
 
+def _spki(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 class RegistrationService:
     """Submit, approve and reject registrations: CSR checks, certificate issuance and the store, in order.
 
     With ``auto_approve`` a submitted request is approved at once (for development federations), by
-    ``"auto-approve"``.
+    ``"auto-approve"``.  Issued certificates are valid for ``cert_validity_days`` (the CA caps that at its own
+    validity).
     """
 
-    def __init__(self, store: CatalogStore, ca: CertificateAuthority, *, auto_approve: bool = False) -> None:
+    def __init__(
+        self,
+        store: CatalogStore,
+        ca: CertificateAuthority,
+        *,
+        auto_approve: bool = False,
+        cert_validity_days: int = 730,
+    ) -> None:
+        if isinstance(cert_validity_days, bool) or not isinstance(cert_validity_days, int) or cert_validity_days <= 0:
+            raise ConfigError("cert_validity_days must be a positive number of days")
         self.store = store
         self.ca = ca
         self.auto_approve = auto_approve
+        self.cert_validity_days = cert_validity_days
 
     def submit(self, registration: ServerRegistration | ClientRegistration) -> RegistrationRequest:
         """Validate and record a request (and approve it if ``auto_approve``)."""
         if isinstance(registration, ServerRegistration):
             # Malformed CSRs are refused now, at the door, rather than when an officer tries to approve.
-            _load_csr(registration.auth_csr_pem)
-            _load_csr(registration.sign_csr_pem)
+            auth_csr = _load_csr(registration.auth_csr_pem)
+            sign_csr = _load_csr(registration.sign_csr_pem)
+            # One key for both would let a TLS peer's key sign messages, collapsing the two roles X-Road keeps
+            # apart (and the sign key is the member's, the auth key the server's).
+            if _spki(auth_csr) == _spki(sign_csr):
+                raise InvalidCsr("auth_csr and sign_csr must be for different keys")
         request = self.store.submit_registration(registration)
         if self.auto_approve:
             return self.approve(request.id, decided_by="auto-approve", comment="approved automatically")
@@ -1551,6 +1728,10 @@ class RegistrationService:
             raise NotFound(f"registration request {request_id} does not exist")
         if request.state is not RequestState.SUBMITTED:
             raise InvalidState(f"registration request {request_id} is {request.state}, not submitted")
+        # A request of another instance (recorded before submissions were checked) gets no certificates.
+        self.store.check_instance(request.server_id, "security server")
+        if request.client is not None:
+            self.store.check_instance(request.client, "client")
         auth_cert = sign_cert = None
         if request.kind is RequestKind.SERVER:
             assert request.auth_csr_pem is not None  # server requests always carry both CSRs
@@ -1559,8 +1740,10 @@ class RegistrationService:
             # (2) Issue.  A member that already exists keeps its registered name in its certificates.
             existing = self.store.member(request.server_id.owner)
             member_name = existing.name if existing is not None else owner_name
-            auth_cert = self.ca.issue_auth_cert(_load_csr(request.auth_csr_pem), request.server_id, member_name)
-            sign_cert = self.ca.issue_sign_cert(_load_csr(request.sign_csr_pem), request.server_id.owner, member_name)
+            days = self.cert_validity_days
+            auth_csr, sign_csr = _load_csr(request.auth_csr_pem), _load_csr(request.sign_csr_pem)
+            auth_cert = self.ca.issue_auth_cert(auth_csr, request.server_id, member_name, validity_days=days)
+            sign_cert = self.ca.issue_sign_cert(sign_csr, request.server_id.owner, member_name, validity_days=days)
         # (3) Record.
         return self.store.approve_registration(
             request_id, decided_by=decided_by, comment=comment, auth_cert=auth_cert, sign_cert=sign_cert

@@ -32,6 +32,7 @@ from bridge.errors import CertificateInvalid
 from bridge.pki.keys import PrivateKey, sign
 from bridge.pki.profile import check_tsa_cert
 from bridge.pki.tsp import TimeStampRespAsn1
+from catalog.api import read_capped
 
 __all__ = [
     "CONTENT_TYPE_QUERY",
@@ -196,10 +197,10 @@ class TimestampAuthority:
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST ``application/timestamp-query`` → ``application/timestamp-reply`` (RFC 3161 §3.4)."""
-        body = await request.content.read(MAX_REQUEST_SIZE + 1)
-        # An oversized body is answered like any bad request, not by cutting the connection: the client then
-        # gets a status it understands.
-        reply = self.respond(body if len(body) <= MAX_REQUEST_SIZE else b"")
+        # The whole body, a chunked one too.  An oversized body is answered like any bad request (a rejection),
+        # not by cutting the connection: the client then gets a status it understands.
+        body = await read_capped(request, MAX_REQUEST_SIZE)
+        reply = self.respond(b"" if body is None else body)
         return web.Response(body=reply, content_type=CONTENT_TYPE_REPLY, headers={"Cache-Control": "no-store"})
 
     def routes(self, path: str = "/tsa") -> list[web.RouteDef]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
-from catalog.api import API_PREFIX, MAX_SUBMISSION_BODY, ROUTES, create_app, load_openapi
+from catalog.api import API_PREFIX, MAX_SUBMISSION_BODY, ROUTES, add_management_routes, create_app, load_openapi
 from catalog.certregistry import CertKind
 from catalog.store import CatalogStore, RegistrationService, RequestState, Role
 from tests.catalog.test_store import FakeCA, csr_pem, self_signed
@@ -37,7 +39,7 @@ class Api:
 
 
 async def _start(url: str, auto_approve: bool = False) -> AsyncIterator[Api]:
-    store = CatalogStore.open(url)
+    store = CatalogStore.open(url, instance="AZ")
     ca = FakeCA()
     keys = {role: store.create_api_key([role], role.value)[1] for role in Role}
     client = TestClient(TestServer(create_app(store, RegistrationService(store, ca, auto_approve=auto_approve))))
@@ -366,3 +368,247 @@ def _canonical(path: str) -> str:
         if not skipping:
             out.append(ch)
     return "".join(out)
+
+
+# Review fixes --------------------------------------------------------------------------------------------------
+
+
+async def chunked(data: bytes, size: int = 10, *, started: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """``data`` as an async generator of ``size``-byte pieces: aiohttp sends it with chunked transfer encoding.
+
+    With ``started``, the rest of the body is held back after the first piece until the event is set (by
+    :func:`handler_started`), so the handler is certainly reading while the body is still arriving.
+    """
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+        if started is not None and start == 0:
+            await asyncio.wait_for(started.wait(), timeout=10)
+
+
+def handler_started() -> tuple[Callable[..., Awaitable[web.StreamResponse]], asyncio.Event]:
+    """A middleware that sets the returned event when a request reaches the application (headers are in)."""
+    event = asyncio.Event()
+
+    @web.middleware
+    async def mark(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        event.set()
+        return await handler(request)
+
+    return mark, event
+
+
+async def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send raw request bytes (headers aiohttp's client would refuse to encode) and parse the answer."""
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    header_block, _, body = rest.partition(b"\r\n\r\n")
+    headers = {}
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+async def test_identifiers_of_another_instance_are_refused(api: Api) -> None:
+    """Every identifier entering the catalog through the API must be of its instance (AZ).
+
+    Others are 400 InvalidIdentifier naming the field as sent, and nothing is recorded.
+    """
+    admin = Role.SYSTEM_ADMINISTRATOR
+    assert (await api.call("POST", "/api/v1/members", admin, json={"id": "AZ/GOV/1", "name": "Tax"}))[0] == 201
+    assert (await api.call("POST", "/api/v1/subsystems", admin, json={"id": "AZ/GOV/1/tax"}))[0] == 201
+    assert (await api.call("POST", "/api/v1/global-groups", admin, json={"id": "AZ/banks"}))[0] == 201
+    service = {"id": "AZ/GOV/1/tax/getDebt", "type": "REST", "title": "Tax debt"}
+    assert (await api.call("POST", "/api/v1/services", admin, json=service))[0] == 201
+    foreign: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", "/api/v1/members", {"id": "XX/GOV/1235", "name": "Other"}, "id: XX/GOV/1235"),
+        ("POST", "/api/v1/subsystems", {"id": "XX/GOV/1/tax"}, "id: XX/GOV/1/tax"),
+        ("POST", "/api/v1/registration-requests", submission(server="XX/GOV/1/ss-x"), "server_id: XX/GOV/1/ss-x"),
+        (
+            "POST",
+            "/api/v1/registration-requests",
+            {"kind": "client", "server_id": SERVER, "client": "XX/GOV/1/sub", "member_name": "X"},
+            "client: XX/GOV/1/sub",
+        ),
+        ("POST", "/api/v1/global-groups", {"id": "XX/banks"}, "id: XX/banks"),
+        ("POST", "/api/v1/global-groups/AZ/banks/members", {"client": "XX/GOV/1"}, "client: XX/GOV/1"),
+        ("POST", "/api/v1/services", dict(service, id="XX/GOV/1/tax/getDebt"), "id: XX/GOV/1/tax/getDebt"),
+        (
+            "POST",
+            "/api/v1/services",
+            dict(service, id="AZ/GOV/1/tax/other", metadata={"responsible_agency": "XX/GOV/9"}),
+            "metadata.responsible_agency: XX/GOV/9",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/AZ/GOV/1/tax/getDebt",
+            dict(service, metadata={"responsible_agency": "XX/GOV/9"}),
+            "metadata.responsible_agency: XX/GOV/9",
+        ),
+        (
+            "POST",
+            "/api/v1/access-rights",
+            {"subject": "GLOBALGROUP:XX/banks", "service": "AZ/GOV/1/tax/getDebt"},
+            "subject: XX/banks",
+        ),
+        (
+            "POST",
+            "/api/v1/access-rights",
+            {"subject": "MEMBER:AZ/GOV/1", "service": "XX/GOV/1/tax/getDebt"},
+            "service: XX/GOV/1/tax/getDebt",
+        ),
+    ]
+    before = api.store.globalconf_content()
+    for method, path, body, prefix in foreign:
+        status, err = await api.call(method, path, admin, json=body)
+        assert (status, err["type"]) == (400, "Client.InvalidIdentifier"), (path, err)
+        assert err["message"] == f"{prefix} belongs to X-Road instance XX, but this central server governs instance AZ"
+    assert api.store.globalconf_content() == before
+    assert api.store.registration_requests() == []
+
+
+async def test_chunked_bodies_are_read_whole(api: Api) -> None:
+    """A JSON body sent chunked in 10-byte pieces is read to its end (201), and one over the cap is 413."""
+    mark, started = handler_started()
+    app = web.Application(middlewares=[mark])
+    add_management_routes(app, api.store, RegistrationService(api.store, api.ca))
+    async with TestClient(TestServer(app)) as client:
+        body = json.dumps(submission()).encode()
+        resp = await client.post(
+            "/api/v1/registration-requests",
+            data=chunked(body, started=started),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = await resp.json()
+        assert (resp.status, answer["state"], answer["server_id"]) == (201, "submitted", SERVER)
+        assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+        started.clear()
+        oversized = b" " * MAX_SUBMISSION_BODY + b"{}"
+        resp = await client.post("/api/v1/registration-requests", data=chunked(oversized, 4096, started=started))
+        assert (resp.status, (await resp.json())["type"]) == (413, "Client.PayloadTooLarge")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 60_000 + b"]" * 60_000, "the request body is nested too deeply"),
+        (b'{"kind": "server", "x": NaN}', "the request body is not valid JSON (NaN is not a JSON number)"),
+        (b'{"x": -Infinity}', "the request body is not valid JSON (-Infinity is not a JSON number)"),
+        (b'{"x": "\xff"}', "the request body is not valid JSON"),
+    ],
+)
+async def test_hostile_json_is_400(api: Api, body: bytes, message: str) -> None:
+    """Deep nesting, NaN/Infinity and bad UTF-8 on the open endpoint are 400 InvalidRequest, never a 500."""
+    status, err = await api.call("POST", "/api/v1/registration-requests", data=body)
+    assert (status, err["type"], err["message"]) == (400, "Client.InvalidRequest", message)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"X-API-Key: k0123456789abcdef.\xff\xfe\xfd",
+        b"Authorization: Bearer k0123456789abcdef.\xc3\x28",
+        "X-API-Key: kkey.ключ".encode(),
+    ],
+)
+async def test_non_ascii_api_key_is_401(api: Api, header: bytes) -> None:
+    """Non-ASCII or non-UTF-8 bytes in X-API-Key or a Bearer token are 401 InvalidApiKey, not a 500."""
+    head = b"GET /api/v1/members HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\nConnection: close\r\n\r\n"
+    status, headers, body = await raw_request(api, head)
+    assert (status, body["type"], headers["x-road-error"]) == (401, "Client.InvalidApiKey", "Client.InvalidApiKey")
+
+
+async def test_error_responses_carry_the_x_road_error_header(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every management API error answer has ``X-Road-Error: <fault code>`` equal to the body's type."""
+
+    def boom() -> dict[str, int]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api.store, "status", boom)
+    cases = [
+        ("GET", "/api/v1/members", None, 401),
+        ("GET", "/api/v1/api-keys", Role.OBSERVER, 403),
+        ("GET", "/api/v1/nothing-here", Role.OBSERVER, 404),
+        ("PATCH", "/api/v1/members", Role.OBSERVER, 405),
+        ("POST", "/api/v1/members", Role.REGISTRATION_OFFICER, 400),
+        ("GET", "/api/v1/status", Role.OBSERVER, 500),
+    ]
+    for method, path, role, expected in cases:
+        headers = {} if role is None else {"X-API-Key": api.keys[role]}
+        resp = await api.client.request(method, path, headers=headers, data=b"{")
+        body = await resp.json()
+        assert (resp.status, resp.headers.get("X-Road-Error")) == (expected, body["type"]), path
+    resp = await api.client.get("/api/v1/members", headers={"X-API-Key": api.keys[Role.OBSERVER]})
+    assert (resp.status, resp.headers.get("X-Road-Error")) == (200, None)
+
+
+async def test_same_key_for_auth_and_sign_is_refused(api: Api) -> None:
+    """A registration whose auth and sign CSRs carry the same key is 400 InvalidCsr; nothing is recorded."""
+    same = csr_pem()
+    status, err = await api.call("POST", "/api/v1/registration-requests", json=submission(auth_csr=same, sign_csr=same))
+    assert (status, err["type"], err["message"]) == (
+        400,
+        "Client.InvalidCsr",
+        "auth_csr and sign_csr must be for different keys",
+    )
+    assert api.store.registration_requests() == []
+
+
+@pytest.mark.parametrize("reason", ["certificateHold", "removeFromCRL", "nonsense"])
+async def test_revocation_reason_must_be_final(api: Api, reason: str) -> None:
+    """Revoking with certificateHold, removeFromCRL or an unknown name is 400 and revokes nothing."""
+    serial = api.store.record_certificate(CertKind.TLS, self_signed()).serial
+    status, err = await api.call(
+        "POST", f"/api/v1/certificates/{serial}/revoke", Role.SECURITY_OFFICER, json={"reason": reason}
+    )
+    assert (status, err["type"]) == (400, "Client.InvalidRequest")
+    assert err["message"].startswith("reason must be one of unspecified, keyCompromise")
+    assert "certificateHold" not in err["message"]
+    record = api.store.certificate(serial)
+    assert record is not None
+    assert record.revoked is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"owner_name": " "}, "owner_name must not be empty"),
+        ({"clients": ["a", "a"]}, "clients must not repeat a code"),
+        ({"auth_csr": ""}, "auth_csr must not be empty"),
+        ({"kind": "client", "client": "AZ/GOV/1/x", "member_name": ""}, "member_name must not be empty"),
+    ],
+)
+async def test_messages_name_fields_as_sent(api: Api, overrides: dict[str, Any], message: str) -> None:
+    """Validation messages use the JSON field names the caller sent (snake_case), not internal names."""
+    body = submission(**overrides)
+    if overrides.get("kind") == "client":
+        body = {k: body[k] for k in ("kind", "server_id", "client", "member_name")}
+    status, err = await api.call("POST", "/api/v1/registration-requests", json=body)
+    assert (status, err["message"]) == (400, message)
+
+
+async def test_service_metadata_messages_name_fields_as_sent(api: Api) -> None:
+    """Service metadata errors name ``metadata.<field>`` as sent."""
+    admin = Role.SYSTEM_ADMINISTRATOR
+    await api.call("POST", "/api/v1/members", admin, json={"id": "AZ/GOV/1", "name": "Tax"})
+    await api.call("POST", "/api/v1/subsystems", admin, json={"id": "AZ/GOV/1/tax"})
+    service = {"id": "AZ/GOV/1/tax/s", "type": "REST", "title": "T"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"metadata": {"duration_days": -1}}, "metadata.duration_days must be a non-negative integer"),
+        (
+            {"metadata": {"fee": {"amount": "1", "currency": "manat"}}},
+            "metadata.fee.currency must be a three-letter ISO 4217 code such as AZN",
+        ),
+        ({"description_url": "ftp://x"}, "description_url must be an http(s) URL"),
+    ]
+    for extra, message in cases:
+        status, err = await api.call("POST", "/api/v1/services", admin, json=dict(service, **extra))
+        assert (status, err["message"]) == (400, message)

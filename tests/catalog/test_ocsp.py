@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -25,7 +25,8 @@ from bridge.pki.ocsp import (
     verify_ocsp_response,
 )
 from catalog.certregistry import CertKind, CertRecord
-from catalog.ocsp import OcspResponder, build_ocsp_response
+from catalog.ocsp import MAX_REQUEST_SIZE, OcspResponder, build_ocsp_response
+from tests.catalog.test_api import chunked, handler_started
 from tests.support.pki import Pki, build_pki, custom_leaf
 
 OPENSSL = "/usr/bin/openssl"
@@ -110,7 +111,8 @@ async def test_openssl_ocsp_good_then_revoked(pki: Pki, served: tuple[TestServer
         root=pki.pem("root.pem", pki.ca.root_cert),
     )
     url = str(server.make_url("/ocsp"))
-    args = ["ocsp", "-issuer", files["issuer"], "-cert", files["cert"], "-url", url, "-CAfile", files["root"]]
+    args: list[str | Path] = ["ocsp", "-issuer", files["issuer"], "-cert", files["cert"], "-url", url]
+    args += ["-CAfile", files["root"]]
     args += ["-verify_other", files["issuer"], "-resp_text"]
     code, out, err = await run_openssl(*args)
     assert code == 0, err
@@ -318,3 +320,34 @@ def test_client_rejects_expired_responder_cert(pki: Pki) -> None:
     )
     with pytest.raises(CertificateInvalid, match="not valid now"):
         verify_ocsp_response(der, pki.auth_cert, pki.ca.issuing_cert, now=dt.datetime.now(dt.UTC), max_age=MAX_AGE)
+
+
+async def test_chunked_post_is_read_whole(pki: Pki) -> None:
+    """A request POSTed chunked in 10-byte pieces is read to its end and answered (good), not malformedRequest.
+
+    A chunked body over the size cap is malformedRequest, with no lookup.
+    """
+    store = MemoryStore()
+    store.records[pki.auth_cert.serial_number] = record(pki.auth_cert)
+    responder = OcspResponder(pki.ca.issuing_cert, pki.ocsp_cert, pki.ocsp_key, store.lookup)
+    mark, started = handler_started()
+    app = web.Application(middlewares=[mark])
+    app.add_routes(responder.routes("/ocsp"))
+    request = make_ocsp_request(pki.auth_cert, pki.ca.issuing_cert)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        resp = await client.post("/ocsp", data=chunked(request, started=started))
+        der = await resp.read()
+        started.clear()
+        resp = await client.post("/ocsp", data=chunked(b"\x30" * (MAX_REQUEST_SIZE + 1), 1024, started=started))
+        oversized = await resp.read()
+    status = verify_ocsp_response(
+        der,
+        pki.auth_cert,
+        pki.ca.issuing_cert,
+        now=dt.datetime.now(dt.UTC),
+        max_age=MAX_AGE,
+        nonce=request_nonce(request),
+    )
+    assert status.status is RevocationStatus.GOOD
+    assert ocsp.load_der_ocsp_response(oversized).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert store.lookups == [pki.auth_cert.serial_number]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -13,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge.errors import (
+    ConfigError,
     Conflict,
     DatabaseError,
     DuplicateRegistration,
     InvalidApiKey,
     InvalidCsr,
+    InvalidIdentifier,
     InvalidRequest,
     InvalidState,
     NotFound,
@@ -38,6 +42,7 @@ from catalog.store import (
     ServerRegistration,
     ServiceSpec,
 )
+from tests.support.pki import build_pki
 
 OWNER = MemberId("AZ", "GOV", "1400057421")
 SERVER = SecurityServerId(OWNER, "ss1")
@@ -63,7 +68,7 @@ class FakeCA:
         self.forced_serial: int | None = None
         self.issued: list[x509.Certificate] = []
 
-    def _issue(self, csr: x509.CertificateSigningRequest, cn: str) -> x509.Certificate:
+    def _issue(self, csr: x509.CertificateSigningRequest, cn: str, validity_days: int) -> x509.Certificate:
         now = dt.datetime.now(dt.UTC)
         serial = self.forced_serial if self.forced_serial is not None else x509.random_serial_number()
         cert = (
@@ -73,21 +78,21 @@ class FakeCA:
             .public_key(csr.public_key())
             .serial_number(serial)
             .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_after(now + dt.timedelta(days=validity_days))
             .sign(self._key, hashes.SHA256())
         )
         self.issued.append(cert)
         return cert
 
     def issue_auth_cert(
-        self, csr: x509.CertificateSigningRequest, server: SecurityServerId, owner_name: str
+        self, csr: x509.CertificateSigningRequest, server: SecurityServerId, owner_name: str, *, validity_days: int
     ) -> x509.Certificate:
-        return self._issue(csr, f"auth {server.path()} {owner_name}")
+        return self._issue(csr, f"auth {server.path()} {owner_name}", validity_days)
 
     def issue_sign_cert(
-        self, csr: x509.CertificateSigningRequest, member: MemberId, member_name: str
+        self, csr: x509.CertificateSigningRequest, member: MemberId, member_name: str, *, validity_days: int
     ) -> x509.Certificate:
-        return self._issue(csr, f"sign {member.path()} {member_name}")
+        return self._issue(csr, f"sign {member.path()} {member_name}", validity_days)
 
 
 def server_registration(
@@ -119,7 +124,7 @@ def self_signed(serial: int | None = None) -> x509.Certificate:
 
 @pytest.fixture
 def store(db_url: str) -> CatalogStore:
-    return CatalogStore.open(db_url)
+    return CatalogStore.open(db_url, instance="AZ")
 
 
 @pytest.fixture
@@ -149,8 +154,8 @@ def der(cert: x509.Certificate) -> bytes:
 
 def test_open_twice_migrates_once(db_url: str) -> None:
     """Opening an existing catalog again applies nothing twice and records each migration version once."""
-    CatalogStore.open(db_url)
-    store = CatalogStore.open(db_url)
+    CatalogStore.open(db_url, instance="AZ")
+    store = CatalogStore.open(db_url, instance="AZ")
     assert store.schema_version() == MIGRATIONS[-1].version
     with store.db.transaction(write=False) as tx:
         rows = tx.query("SELECT version FROM schema_migrations ORDER BY version")
@@ -485,9 +490,9 @@ def test_api_keys(store: CatalogStore) -> None:
 
 def test_globalconf_version_is_persisted_and_increasing(db_url: str) -> None:
     """The version counter increases by one per call and survives reopening the catalog."""
-    store = CatalogStore.open(db_url)
+    store = CatalogStore.open(db_url, instance="AZ")
     assert [store.next_globalconf_version() for _ in range(3)] == [1, 2, 3]
-    assert CatalogStore.open(db_url).next_globalconf_version() == 4
+    assert CatalogStore.open(db_url, instance="AZ").next_globalconf_version() == 4
 
 
 def test_globalconf_content(store: CatalogStore, service: RegistrationService, registered: str, ca: FakeCA) -> None:
@@ -519,3 +524,135 @@ def test_globalconf_content(store: CatalogStore, service: RegistrationService, r
     assert store.globalconf_content() == content
     status = store.status()
     assert (status["members"], status["servers"], status["services"], status["access_rights"]) == (2, 1, 1, 2)
+
+
+# Instance, creation and review fixes -----------------------------------------------------------------------------
+
+
+FOREIGN = MemberId("XX", "GOV", "1235")
+
+
+def test_store_refuses_identifiers_of_another_instance(store: CatalogStore, service: RegistrationService) -> None:
+    """Every write naming an identifier of another instance is InvalidIdentifier, whoever calls the store."""
+    store.create_member(OWNER, "Owner")
+    population = store.create_subsystem(OWNER.subsystem("population"))
+    group = store.create_group(GlobalGroupId("AZ", "banks"), "").id
+    spec = ServiceSpec(population.service("getPerson"), "REST", "Person")
+    store.create_service(spec)
+    before = store.globalconf_content()
+    attempts: list[Callable[[], object]] = [
+        lambda: store.create_member(FOREIGN, "Other"),
+        lambda: store.create_subsystem(FOREIGN.subsystem("x")),
+        lambda: service.submit(server_registration(SecurityServerId(FOREIGN, "ss-x"))),
+        lambda: store.submit_registration(ClientRegistration(SERVER, FOREIGN.subsystem("x"), "Other")),
+        lambda: store.create_group(GlobalGroupId("XX", "banks"), ""),
+        lambda: store.add_group_member(group, FOREIGN),
+        lambda: store.create_service(ServiceSpec(FOREIGN.subsystem("x").service("s"), "REST", "S")),
+        lambda: store.update_service(
+            ServiceSpec(spec.id, "REST", "Person", metadata=PublicServiceMetadata(responsible_agency=FOREIGN))
+        ),
+        lambda: store.grant_access(AccessRight(FOREIGN, spec.id)),
+        lambda: store.grant_access(AccessRight(GlobalGroupId("XX", "banks"), spec.id)),
+        lambda: store.grant_access(AccessRight(OWNER, FOREIGN.subsystem("x").service("s"))),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidIdentifier) as info:
+            attempt()
+        assert "belongs to X-Road instance XX, but this catalog governs instance AZ" in info.value.message
+    assert store.globalconf_content() == before
+    assert store.registration_requests() == []
+
+
+def test_catalog_records_its_instance_and_refuses_another(db_url: str) -> None:
+    """The first open records the instance; reopening with it works, with another is ConfigError."""
+    CatalogStore.open(db_url, instance="AZ").create_member(OWNER, "Owner")
+    assert CatalogStore.open(db_url, instance="AZ").instance == "AZ"
+    with pytest.raises(ConfigError) as info:
+        CatalogStore.open(db_url, instance="EE")
+    assert info.value.message == "the database holds the catalog for instance AZ, not EE"
+
+
+def test_catalog_from_before_instance_records_is_claimed_only_if_consistent(db_url: str) -> None:
+    """A catalog at schema 1 (no catalog_meta) takes the instance at its next open unless its members disagree."""
+    db = Database(db_url)
+    db.migrate(MIGRATIONS[:1])
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO members (id, name, created_at) VALUES ('EE/GOV/1', 'Other', '2024-01-01T00:00:00')")
+    with pytest.raises(ConfigError) as info:
+        CatalogStore.open(db_url, instance="AZ")
+    assert "EE/GOV/1" in info.value.message
+    assert CatalogStore.open(db_url, instance="EE").schema_version() == MIGRATIONS[-1].version
+
+
+def test_create_refuses_a_database_that_holds_a_catalog(db_url: str) -> None:
+    """create() refuses a database holding a catalog (recorded instance or an older schema) and changes nothing."""
+    store, secret = CatalogStore.create(db_url, instance="AZ")
+    with pytest.raises(ConfigError) as info:
+        CatalogStore.create(db_url, instance="EE")
+    assert info.value.message == "the database already holds a catalog for instance AZ; refusing to initialise over it"
+    assert [k.key_id for k in store.api_keys()] == [store.authenticate(secret).key_id]
+
+
+def test_create_refuses_a_catalog_without_instance_record(db_url: str) -> None:
+    """A schema-1 catalog (no catalog_meta yet) is a catalog too: create() refuses it."""
+    Database(db_url).migrate(MIGRATIONS[:1])
+    with pytest.raises(ConfigError) as info:
+        CatalogStore.create(db_url, instance="AZ")
+    assert info.value.message == "the database already holds a catalog; refusing to initialise over it"
+
+
+def test_create_is_all_or_nothing(db_url: str) -> None:
+    """If any write of create() fails, the database is left without a catalog, so a retry starts clean."""
+    cert = self_signed(4242)
+    with pytest.raises(Conflict):
+        CatalogStore.create(db_url, instance="AZ", certificates=[(CertKind.ROOT_CA, cert), (CertKind.TLS, cert)])
+    with Database(db_url).transaction(write=False) as tx:
+        assert (tx.table_exists("schema_migrations"), tx.table_exists("catalog_meta"), tx.table_exists("members")) == (
+            False,
+            False,
+            False,
+        )
+    store, secret = CatalogStore.create(db_url, instance="AZ", certificates=[(CertKind.ROOT_CA, cert)])
+    assert store.authenticate(secret).roles == frozenset({Role.SYSTEM_ADMINISTRATOR})
+    assert [(c.serial, c.kind) for c in store.certificates()] == [(4242, CertKind.ROOT_CA)]
+    assert store.instance == "AZ"
+
+
+def test_approval_issues_certificates_with_the_configured_validity(store: CatalogStore, tmp_path: Path) -> None:
+    """RegistrationService passes cert_validity_days to the real CA: both issued certificates last that long."""
+    pki = build_pki(tmp_path)
+    service = RegistrationService(store, pki.ca, cert_validity_days=90)
+    request = service.submit(server_registration())
+    approved = service.approve(request.id, decided_by="officer")
+    assert approved.auth_cert_der is not None
+    assert approved.sign_cert_der is not None
+    for der_bytes in (approved.auth_cert_der, approved.sign_cert_der):
+        cert = x509.load_der_x509_certificate(der_bytes)
+        assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=90)
+
+
+def test_same_key_for_auth_and_sign_is_invalid_csr(store: CatalogStore, service: RegistrationService) -> None:
+    """One key in both CSRs is refused at submission (InvalidCsr) and nothing is recorded."""
+    same = csr_pem()
+    with pytest.raises(InvalidCsr):
+        service.submit(ServerRegistration(SERVER, "Owner", "ss1.gov.az:5500", same, same))
+    assert store.registration_requests() == []
+
+
+@pytest.mark.parametrize("reason", ["certificateHold", "removeFromCRL"])
+def test_non_final_revocation_reasons_are_refused(store: CatalogStore, registered: str, reason: str) -> None:
+    """Neither certificateHold nor removeFromCRL is accepted as a reason, for certificates or servers."""
+    serial = store.certificates()[0].serial
+    with pytest.raises(InvalidRequest):
+        store.revoke_certificate(serial, reason)
+    with pytest.raises(InvalidRequest):
+        store.revoke_server(SERVER, reason)
+    assert [c.revoked for c in store.certificates()] == [False, False]
+    assert store.revoke_certificate(serial, "superseded").revocation_reason == "superseded"
+
+
+@pytest.mark.parametrize("secret", ["k0123.\udcff\udcfe", "k0123.ключ", "k0123.a\x00b", "\udcff.x"])
+def test_secrets_that_cannot_be_keys_are_invalid(store: CatalogStore, secret: str) -> None:
+    """Non-ASCII (also undecodable, surrogate-escaped) or control characters in a secret are InvalidApiKey."""
+    with pytest.raises(InvalidApiKey):
+        store.authenticate(secret)

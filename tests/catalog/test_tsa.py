@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from asn1crypto import tsp as a_tsp
 
 from bridge.errors import CertificateInvalid, PkiError
@@ -23,7 +23,8 @@ from bridge.pki.tsp import (
     timestamp_request_nonce,
     verify_timestamp_token,
 )
-from catalog.tsa import DEFAULT_POLICY_OID, TimestampAuthority
+from catalog.tsa import DEFAULT_POLICY_OID, MAX_REQUEST_SIZE, TimestampAuthority
+from tests.catalog.test_api import chunked, handler_started
 from tests.support.pki import Pki, build_pki
 
 OPENSSL = "/usr/bin/openssl"
@@ -243,3 +244,28 @@ def test_tsa_refuses_a_non_tsa_certificate(pki: Pki) -> None:
     with pytest.raises(CertificateInvalid, match="timeStamping"):
         TimestampAuthority(pki.ocsp_cert, pki.ocsp_key)
     profile.check_tsa_cert(pki.tsa_cert)
+
+
+async def test_chunked_post_is_read_whole(pki: Pki, tsa: TimestampAuthority) -> None:
+    """A query POSTed chunked in 10-byte pieces is read to its end and granted; an oversized one is rejected."""
+    mark, started = handler_started()
+    app = web.Application(middlewares=[mark])
+    app.add_routes(tsa.routes("/tsa"))
+    query = make_timestamp_request(hashlib.sha256(DATA).digest())
+    headers = {"Content-Type": "application/timestamp-query"}
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        resp = await client.post("/tsa", data=chunked(query, started=started), headers=headers)
+        reply = await resp.read()
+        started.clear()
+        big = chunked(b"\x30" * (MAX_REQUEST_SIZE + 1), 1024, started=started)
+        resp = await client.post("/tsa", data=big, headers=headers)
+        oversized = await resp.read()
+    assert status_of(reply) == ("granted", None)
+    gen_time = verify_timestamp_token(
+        parse_timestamp_response(reply),
+        data_digest=hashlib.sha256(DATA).digest(),
+        tsa_cert=pki.tsa_cert,
+        nonce=timestamp_request_nonce(query),
+    )
+    assert abs(gen_time - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
+    assert status_of(oversized) == ("rejection", {"bad_data_format"})

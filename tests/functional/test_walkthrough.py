@@ -161,7 +161,7 @@ def test_walkthrough(tmp_path: Path, central: tuple[Path, str]) -> None:
     # `korpu ss serve` runs the admin API: healthy on the fresh configuration, status behind the admin key.
     served = Background(["ss", "serve", "--dir", str(tmp_path / "ss-a")], ready="admin API")
     try:
-        admin_url = json.loads((tmp_path / "ss-a" / "runtime.json").read_text())["admin_url"]
+        admin_url = json.loads((tmp_path / "ss-a" / "runtime.json").read_text())["admin"]
         health = json.loads(urllib.request.urlopen(f"{admin_url}/healthz", timeout=10).read())
         assert health["status"] == "ok"
         with pytest.raises(urllib.error.HTTPError) as denied_status:
@@ -203,3 +203,16 @@ def test_wrong_pin_is_refused(tmp_path: Path, central: tuple[Path, str]) -> None
     central_dir, _ = central
     out = korpu("central", "serve", "--dir", central_dir, expect=1, env={"KORPU_PIN": "not-the-pin"})
     assert "Server.WrongPin" in out.stderr
+
+
+def test_init_refuses_a_database_that_holds_a_catalog(tmp_path: Path, central: tuple[Path, str], database: str) -> None:
+    """`korpu central init` pointed at the running AZ central server's database refuses it and leaves no state."""
+    central_dir, _key_file = central
+    url = f"sqlite:///{central_dir / 'central.db'}" if database.startswith("sqlite") else database
+    out = korpu("central", "init", "--dir", tmp_path / "ee", "--instance", "EE", "--database", url, expect=1)
+    assert "Server.InvalidConfiguration" in out.stderr
+    assert "already holds a catalog for instance AZ" in out.stderr
+    assert not (tmp_path / "ee").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ee")] == []
+    status = json.loads(korpu("central", "status", "--dir", central_dir, "--json").stdout)
+    assert status["catalog"]["active_api_keys"] == 1
