@@ -1,9 +1,13 @@
-"""The security server process: global-configuration client, registration follow-up and the admin API.
+"""The security server process: admin API, client proxy, server proxy, and their background tasks.
 
-Runtime objects are created in ``cleanup_ctx`` and held under typed :class:`web.AppKey` keys.  The message
-proxies (client proxy for local information systems, server proxy for other security servers) will be added here
-as further listeners sharing the same :class:`ServerState`; every exchange will start with
-``state.confclient.current()``, which refuses with ``OutdatedGlobalConf`` once the newest good copy expired.
+One :class:`~security_server.runtime.ServerRuntime` is shared by three kinds of listener:
+
+* the **client proxy** for local information systems: plain HTTP and/or HTTPS (X-Road's 8080/8443);
+* the **server proxy** for other security servers: HTTPS with mutual TLS on authentication certificates;
+* the **admin API** on loopback: ``/healthz`` and ``/api/v1/status`` (admin key).
+
+Background tasks — global configuration refresh, registration follow-up, own OCSP responses — start and stop with
+the admin application's cleanup context; the HTTP client sessions with the runtime's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,16 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
-from bridge.anchor import ConfigurationAnchor
 from bridge.errors import InvalidApiKey, KorpuError, MissingApiKey, NotFound, render_json
+from bridge.fsutil import write_atomic
 from bridge.logsetup import get_logger
-from bridge.pki.token import SoftwareToken
-from security_server.confclient import GlobalConfClient
-from security_server.config import ServerConfig
-from security_server.registration import RegistrationState, follow_registration
+from security_server.clientproxy import client_proxy_app
+from security_server.config import Endpoint
+from security_server.registration import follow_registration
+from security_server.runtime import ServerRuntime
+from security_server.serverproxy import server_proxy_app
 
-__all__ = ["ADMIN_KEY_FILE", "ServerState", "create_admin_app", "hash_admin_key"]
+__all__ = ["ADMIN_KEY_FILE", "RunningServer", "create_admin_app", "hash_admin_key", "start_server"]
 
 log = get_logger(__name__)
 
@@ -38,51 +45,44 @@ ADMIN_KEY_FILE = "admin-api-key.sha256"
 
 def hash_admin_key(secret: str) -> str:
     """The hex SHA-256 under which an admin API key is stored (the secret itself never is)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-@dataclass
-class ServerState:
-    """Everything a running security server holds."""
-
-    state_dir: Path
-    config: ServerConfig
-    token: SoftwareToken
-    confclient: GlobalConfClient
-    registration: RegistrationState
-    admin_key_hash: str
-
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready summary for operators."""
-        conf_status = self.confclient.status()
-        listed = False
-        try:
-            conf = self.confclient.current()
-            listed = conf.server(self.config.id) is not None
-        except KorpuError:
-            pass
-        certificates = {}
-        for label in ("auth", "sign"):
-            cert = self.token.certificate(label)
-            certificates[label] = (
-                None
-                if cert is None
-                else {
-                    "serial": format(cert.serial_number, "x"),
-                    "subject": cert.subject.rfc4514_string(),
-                    "not_after": cert.not_valid_after_utc.isoformat(),
-                }
-            )
-        return {
-            "server_id": self.config.server_id,
-            "registration": self.registration.to_dict(),
-            "certificates": certificates,
-            "globalconf": conf_status,
-            "listed_in_globalconf": listed,
-        }
+def status_report(runtime: ServerRuntime) -> dict[str, Any]:
+    """A JSON-ready summary for operators."""
+    conf_status = runtime.confclient.status()
+    listed = False
+    with contextlib.suppress(KorpuError):
+        listed = runtime.conf().server(runtime.config.id) is not None
+    certificates = {}
+    for label in ("auth", "sign"):
+        cert = runtime.token.certificate(label)
+        certificates[label] = (
+            None
+            if cert is None
+            else {
+                "serial": format(cert.serial_number, "x"),
+                "subject": cert.subject.rfc4514_string(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            }
+        )
+    ocsp: dict[str, Any] | None = None
+    creds = runtime._credentials
+    if creds is not None:
+        ocsp = creds.ocsp.status()
+    return {
+        "server_id": runtime.config.server_id,
+        "registration": runtime.registration.to_dict(),
+        "certificates": certificates,
+        "ocsp": ocsp,
+        "globalconf": conf_status,
+        "listed_in_globalconf": listed,
+        "peers": runtime.router.snapshot(),
+        "services": [p.id.encoded() for p in runtime.services.values()],
+    }
 
 
-STATE: web.AppKey[ServerState] = web.AppKey("state", ServerState)
+RUNTIME: web.AppKey[ServerRuntime] = web.AppKey("admin_runtime", ServerRuntime)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +95,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except KorpuError as exc:
         return _error_response(exc)
     except web.HTTPNotFound:
-        return _error_response(NotFound(f"no such resource: {request.path}"))
+        return _error_response(NotFound(f"no such resource: {request.path[:100]}"))
     except web.HTTPException:
         raise
     except Exception:
@@ -107,16 +107,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _error_response(exc: KorpuError) -> web.Response:
     return web.Response(
-        body=render_json(exc), status=exc.http_status, content_type="application/json", headers=_error_headers(exc)
+        body=render_json(exc),
+        status=exc.http_status,
+        content_type="application/json",
+        headers={"X-Road-Error": exc.fault_code},
     )
 
 
-def _error_headers(exc: KorpuError) -> dict[str, str]:
-    return {"X-Road-Error": exc.fault_code}
-
-
 def _require_admin(request: web.Request) -> None:
-    state = request.app[STATE]
+    runtime = request.app[RUNTIME]
     secret = request.headers.get("X-API-Key")
     if secret is None:
         auth = request.headers.get("Authorization", "")
@@ -124,28 +123,28 @@ def _require_admin(request: web.Request) -> None:
             secret = auth[len("Bearer ") :]
     if not secret:
         raise MissingApiKey("this endpoint needs the admin API key (X-API-Key header)")
-    if not hmac.compare_digest(hash_admin_key(secret), state.admin_key_hash):
+    if not hmac.compare_digest(hash_admin_key(secret), runtime.admin_key_hash):
         raise InvalidApiKey("the API key is not valid for this security server")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and readiness: 200 while global configuration is valid, else the fault that traffic would get."""
-    state = request.app[STATE]
-    # The same O(1) check every exchange will make: raises OutdatedGlobalConf / GlobalConfUnavailable.
-    conf = state.confclient.current()
+    """Readiness: 200 while global configuration is valid, else the fault that traffic would get."""
+    runtime = request.app[RUNTIME]
+    # The same O(1) check every exchange makes: raises OutdatedGlobalConf / GlobalConfUnavailable.
+    conf = runtime.conf()
     return web.json_response({"status": "ok", "globalconf_version": conf.version})
 
 
 async def status(request: web.Request) -> web.Response:
-    """Operator status: registration, certificates, global configuration."""
+    """Operator status: registration, certificates, OCSP, global configuration, peers, services."""
     _require_admin(request)
-    return web.json_response(request.app[STATE].status())
+    return web.json_response(status_report(request.app[RUNTIME]))
 
 
-def create_admin_app(state: ServerState) -> web.Application:
-    """The admin API application for ``state`` (background tasks start with the app)."""
+def create_admin_app(runtime: ServerRuntime) -> web.Application:
+    """The admin API application; global configuration and registration follow-up run with it."""
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
-    app[STATE] = state
+    app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", status)
     app.cleanup_ctx.append(_background)
@@ -153,12 +152,12 @@ def create_admin_app(state: ServerState) -> web.Application:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    tasks = [asyncio.create_task(state.confclient.run(), name="globalconf-refresh")]
-    if not state.registration.complete:
+    runtime = app[RUNTIME]
+    tasks = [asyncio.create_task(runtime.confclient.run(), name="globalconf-refresh")]
+    if not runtime.registration.complete:
         tasks.append(
             asyncio.create_task(
-                follow_registration(state.state_dir, state.token, state.registration, state.confclient),
+                follow_registration(runtime.state_dir, runtime.token, runtime.registration, runtime.confclient),
                 name="registration-follow-up",
             )
         )
@@ -172,22 +171,89 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
                 await task
 
 
-def load_state(state_dir: Path, config: ServerConfig, pin: str) -> ServerState:
-    """Open a security server's state directory (token with ``pin``, anchor, cached configuration)."""
-    token = SoftwareToken.open(state_dir / "token", pin)
-    anchor = ConfigurationAnchor.load(config.anchor_path(state_dir))
-    kwargs: dict[str, Any] = {}
-    if config.refresh_seconds is not None:
-        kwargs["refresh_interval_s"] = config.refresh_seconds
-    confclient = GlobalConfClient(anchor, state_dir / "cache", **kwargs)
-    confclient.load_cached()
-    registration = RegistrationState.load(state_dir)
-    admin_key_hash = (state_dir / ADMIN_KEY_FILE).read_text(encoding="utf-8").strip()
-    return ServerState(state_dir, config, token, confclient, registration, admin_key_hash)
+# The process ---------------------------------------------------------------------------------------------------
 
 
-def write_runtime(state_dir: Path, admin_url: str) -> None:
-    """Record where the running server listens (ports may have been chosen by the OS)."""
-    from bridge.fsutil import write_atomic
+@dataclass
+class RunningServer:
+    """The listeners of a started security server and the URLs they got."""
 
-    write_atomic(state_dir / "runtime.json", json.dumps({"admin_url": admin_url}, indent=2).encode())
+    runtime: ServerRuntime
+    runners: list[web.AppRunner]
+    urls: dict[str, str]
+
+    async def stop(self) -> None:
+        """Stop every listener (background tasks end with them)."""
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+
+
+async def _listen(
+    app: web.Application, endpoint: Endpoint, ssl_context: ssl.SSLContext | None, **runner_args: Any
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, **runner_args)
+    await runner.setup()
+    site = web.TCPSite(runner, endpoint.host, endpoint.port, ssl_context=ssl_context, backlog=1024)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    return runner, int(sockets[0].getsockname()[1]) if sockets else endpoint.port
+
+
+class _LiveServerContext:
+    """An SSLContext stand-in whose ``wrap_bio`` uses the runtime's current server context.
+
+    The server proxy's trust store is the set of approved CAs in global configuration, which can change while the
+    listener runs; asyncio calls ``wrap_bio`` per connection, so delegating there picks up a new CA set for new
+    connections without restarting the listener.
+    """
+
+    def __init__(self, runtime: ServerRuntime) -> None:
+        self._runtime = runtime
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        return self._runtime.server_ssl().wrap_bio(*args, **kwargs)
+
+
+async def start_server(runtime: ServerRuntime, state_dir: Path) -> RunningServer:
+    """Start the admin API, client proxy and server proxy listeners; write ``runtime.json``."""
+    listen = runtime.config.listen
+    limits = runtime.config.limits
+    header_caps = {"max_line_size": limits.max_header_bytes, "max_field_size": limits.max_header_bytes}
+    runners: list[web.AppRunner] = []
+    urls: dict[str, str] = {}
+    try:
+        admin = create_admin_app(runtime)
+        admin.cleanup_ctx.append(runtime.sessions)
+        runner, port = await _listen(admin, listen.admin, None)
+        runners.append(runner)
+        urls["admin"] = f"http://{listen.admin.host}:{port}"
+        await runtime.warm_up()
+
+        proxy = server_proxy_app(runtime)
+        live = _LiveServerContext(runtime)
+        runner, port = await _listen(proxy, listen.server_proxy, live, **header_caps)  # type: ignore[arg-type]
+        runners.append(runner)
+        urls["server_proxy"] = f"https://{listen.server_proxy.host}:{port}"
+
+        if listen.client_http is not None:
+            runner, port = await _listen(client_proxy_app(runtime), listen.client_http, None, **header_caps)
+            runners.append(runner)
+            urls["client_http"] = f"http://{listen.client_http.host}:{port}"
+        if listen.client_https is not None:
+            context = runtime.internal_tls_context()
+            runner, port = await _listen(client_proxy_app(runtime), listen.client_https, context, **header_caps)
+            runners.append(runner)
+            urls["client_https"] = f"https://{listen.client_https.host}:{port}"
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
+    write_atomic(state_dir / "runtime.json", json.dumps(urls, indent=2).encode())
+    return RunningServer(runtime, runners, urls)
+
+
+def internal_cert_pem(runtime: ServerRuntime) -> bytes:
+    """The client proxy's HTTPS certificate (PEM), for information systems to trust."""
+    cert = runtime.token.certificate("internal")
+    return b"" if cert is None else cert.public_bytes(serialization.Encoding.PEM)

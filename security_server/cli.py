@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -29,7 +28,7 @@ from bridge.pki.csr import make_csr
 from bridge.pki.keys import KeyAlgorithm
 from bridge.pki.profile import auth_cert_subject, sign_cert_subject
 from bridge.pki.token import SoftwareToken
-from security_server.app import ADMIN_KEY_FILE, create_admin_app, hash_admin_key, load_state, write_runtime
+from security_server.app import ADMIN_KEY_FILE, hash_admin_key, start_server
 from security_server.confclient import GlobalConfClient
 from security_server.config import (
     CONFIG_NAME,
@@ -40,6 +39,7 @@ from security_server.config import (
     load_server_config,
 )
 from security_server.registration import RegistrationState, poll_once, submit_request
+from security_server.runtime import ServerRuntime
 
 __all__ = ["init_server", "register"]
 
@@ -227,24 +227,18 @@ def _show_secret(secret: str, path: Path | None, what: str) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = load_server_config(args.dir)
-    state = load_state(args.dir, config, read_pin(args))
+    pin = read_pin(args)
 
     async def main() -> None:
-        app = create_admin_app(state)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, config.admin.host, config.admin.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else config.admin.port
-        admin_url = f"http://{config.admin.host}:{port}"
-        write_runtime(args.dir, admin_url)
-        print(f"security server {config.server_id} running; admin API {admin_url}", flush=True)
+        runtime = await asyncio.to_thread(ServerRuntime.open, args.dir, config, pin)
+        running = await start_server(runtime, args.dir)
+        listening = ", ".join(f"{name} {url}" for name, url in running.urls.items())
+        print(f"security server {config.server_id} running; admin API {running.urls['admin']}", flush=True)
+        print(f"listening: {listening}", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
-            await runner.cleanup()
+            await running.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -29,7 +29,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bridge.errors import CertificateInvalid, KorpuError, UpstreamUnavailable
+from bridge.errors import CertificateInvalid, CertificateRevoked, KorpuError, UpstreamUnavailable
 from bridge.globalconf import ApprovedCA, GlobalConf
 from bridge.pki.ocsp import RevocationStatus, make_ocsp_request, request_nonce, verify_ocsp_response
 
@@ -61,6 +61,7 @@ class _State:
     last_success: dt.datetime | None = None
     last_error: KorpuError | None = None
     last_error_at: dt.datetime | None = None
+    revoked: bool = False
 
 
 class OwnOcspResponses:
@@ -104,6 +105,8 @@ class OwnOcspResponses:
         if state is None:
             raise CertificateInvalid(f"no certificate labelled {label!r} is tracked for OCSP")
         cached = state.cached  # read once: refresh() may swap it concurrently
+        if state.revoked:
+            raise CertificateRevoked(f"the CA reports our {label!r} certificate as revoked")
         if cached is None:
             raise CertificateInvalid(f"no good OCSP response for our {label!r} certificate has been obtained")
         if (now or self._clock()) >= cached.stale_at:
@@ -181,6 +184,11 @@ class OwnOcspResponses:
             # (4) Only GOOD is cached.  A verified REVOKED/UNKNOWN is the CA's word: drop the old copy now.
             if status.status is not RevocationStatus.GOOD:
                 state.cached = None
+                if status.status is RevocationStatus.REVOKED:
+                    state.revoked = True  # final: a revoked certificate never becomes good again
+                    raise CertificateRevoked(
+                        f"the CA's OCSP responder reports our certificate {state.cert.serial_number:x} as revoked"
+                    )
                 raise CertificateInvalid(f"the CA's OCSP responder reports our certificate as {status.status}")
             # (5) When the response stops being usable, and when to renew it.
             stale_at = status.this_update + max_age

@@ -36,7 +36,7 @@ def test_minimal_file_takes_defaults(tmp_path: Path) -> None:
         ("instance: AZ\npublic_url: http://x\nglobalconf: {expiry_seconds: 10}\n", "expiry_seconds must be longer"),
         ("instance: AZ\npublic_url: http://x\nauto_approve: 'yes'\n", "auto_approve: expected true or false"),
         ("instance: 'A/Z'\npublic_url: http://x\n", "forbidden character"),
-        ("instance: AZ\npublic_url: ftp://x\n", "public_url must start"),
+        ("instance: AZ\npublic_url: ftp://x\n", "public_url must be an http:// or https:// URL"),
         ("instance: [AZ\n", "not valid YAML at line"),
         ("- a list\n", "expected a mapping"),
     ],
@@ -97,5 +97,5 @@ def test_service_needs_exactly_one_backend(tmp_path: Path) -> None:
     path.write_text(
         "server_id: AZ/GOV/1/ss\nowner_name: x\naddress: 127.0.0.1:5500\nclients: [{code: a, connection: telnet}]\n"
     )
-    with pytest.raises(ConfigError, match="clients\\[0\\].connection: expected one of http, https, https-cert"):
+    with pytest.raises(ConfigError, match=r"clients\[0\]\.connection: expected one of http, https, https-cert"):
         load(path, ServerConfig)

@@ -25,10 +25,12 @@ from bridge.pki.csr import load_csr, make_csr
 from bridge.pki.profile import auth_cert_subject, sign_cert_subject
 from bridge.pki.token import SoftwareToken
 from catalog.ca import CertificateAuthority
-from security_server.app import ServerState, create_admin_app, hash_admin_key
+from policies.local import LocalPolicy
+from security_server.app import create_admin_app, hash_admin_key
 from security_server.confclient import GlobalConfClient
 from security_server.config import ServerConfig
 from security_server.registration import RegistrationState, install_certificates
+from security_server.runtime import ServerRuntime
 from tests.support.globalconf import NOW, make_anchor, make_signer, sample_conf
 
 PIN = "test-pin-1234"
@@ -68,8 +70,17 @@ async def client(tmp_path: Path, token: SoftwareToken, clock: Clock) -> AsyncIte
     assert confclient.load_cached() is not None
     config = ServerConfig(server_id=SERVER.path(), owner_name="Tax", address="127.0.0.1:5500")
     reg = RegistrationState("r1", "http://127.0.0.1:1", SERVER.path(), state="approved", certificates_installed=True)
-    state = ServerState(tmp_path, config, token, confclient, reg, hash_admin_key(ADMIN_KEY))
-    async with TestClient(TestServer(create_admin_app(state))) as test_client:
+    runtime = ServerRuntime(
+        state_dir=tmp_path,
+        config=config,
+        token=token,
+        pin=PIN,
+        confclient=confclient,
+        registration=reg,
+        admin_key_hash=hash_admin_key(ADMIN_KEY),
+        local_policy=LocalPolicy(),
+    )
+    async with TestClient(TestServer(create_admin_app(runtime))) as test_client:
         yield test_client
 
 

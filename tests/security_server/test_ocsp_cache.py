@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
 
-from bridge.errors import CertificateInvalid
+from bridge.errors import CertificateInvalid, CertificateRevoked
 from bridge.globalconf import GlobalConf
 from catalog.certregistry import CertKind, CertRecord
 from catalog.ocsp import OcspResponder
@@ -178,16 +178,20 @@ async def test_unreachable_responder_then_stale_raises(fed: Federation, responde
 
 
 async def test_revocation_drops_the_cached_response(fed: Federation, responder: Responder, clock: Clock) -> None:
-    """When the CA says our certificate is revoked, the still-fresh GOOD copy is dropped at once (fail closed)."""
+    """When the CA says our certificate is revoked, the still-fresh GOOD copy is dropped at once (fail closed).
+
+    The fault then says so specifically (CertificateRevoked), and stays: a revoked certificate never comes back.
+    """
     cache, _ = make_cache(fed, responder, clock)
     await cache.refresh()
     serial = fed.pki.auth_cert.serial_number
     responder.records[serial] = record(fed.pki.auth_cert, revoked_at=clock.now)
     clock.advance(dt.timedelta(seconds=10))
     assert await cache.refresh(force=True) == ["sign"]
-    with pytest.raises(CertificateInvalid, match="no good OCSP response"):
+    with pytest.raises(CertificateRevoked, match="revoked"):
         cache.response_for("auth")
-    assert cache.status()["auth"]["last_error"]["code"] == "Server.InvalidCertificate"
+    assert cache.status()["auth"]["last_error"]["code"] == "Server.CertificateRevoked"
+    assert cache.response_for("sign")  # the other certificate is unaffected
 
 
 async def test_nothing_fetched_yet_raises(fed: Federation, responder: Responder, clock: Clock) -> None:

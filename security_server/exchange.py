@@ -1,0 +1,115 @@
+"""One message exchange as it passes through a side's ordered list of stages.
+
+Each side of a security server (client proxy, server proxy) is a list of small stage objects built in one
+function (``client_stages()``, ``server_stages()``).  A stage has one async method, reads and fills in the
+:class:`Exchange`, and either lets it continue or ends it by setting ``exchange.fault``.  Stages may raise a
+:class:`~bridge.errors.KorpuError` (library code does); :func:`run_stages` turns it into the fault with the side's
+origin.  Any other exception is a bug: it is logged with a correlation id and becomes ``Server.*.InternalError``
+— the exchange fails closed, the caller never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge.errors import KorpuError
+from bridge.logsetup import get_logger
+from bridge.message import MessageHeader
+from bridge.spool import Spool
+
+if TYPE_CHECKING:
+    from bridge.globalconf import GlobalConf, SecurityServerInfo
+    from bridge.rest import RestRequest, RestResponse
+    from bridge.soap import SoapMessage
+
+__all__ = ["Exchange", "Stage", "run_stages"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Exchange:
+    """Everything one side knows about one exchange.
+
+    Request and response parts are :class:`Spool` objects keyed by part name (``message``, ``body``,
+    ``attachment-1``…); their SHA-512 digests were computed as they arrived.  ``timings`` holds
+    ``time.perf_counter()`` marks in X-Road's operational-monitoring vocabulary (request-in, request-out,
+    response-in, response-out).
+    """
+
+    origin: str
+    correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    timings: dict[str, float] = field(default_factory=lambda: {"request_in": time.perf_counter()})
+
+    # What the request says about itself.
+    header: MessageHeader | None = None
+    soap: SoapMessage | None = None
+    rest: RestRequest | None = None
+    conf: GlobalConf | None = None
+
+    # The request on the wire between security servers.
+    request_parts: dict[str, Spool] = field(default_factory=dict)
+    request_part_headers: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    request_content_types: dict[str, str] = field(default_factory=dict)
+    request_signature: bytes | None = None
+    request_ocsp: tuple[bytes, ...] = ()
+    request_hash: str | None = None
+
+    # The response.
+    response_parts: dict[str, Spool] = field(default_factory=dict)
+    response_part_headers: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    response_content_types: dict[str, str] = field(default_factory=dict)
+    response_signature: bytes | None = None
+    response_ocsp: tuple[bytes, ...] = ()
+    rest_response: RestResponse | None = None
+
+    # Who is on the other side.
+    peer_server: SecurityServerInfo | None = None
+    decision: Any = None  # policies.Decision on the provider side
+
+    fault: KorpuError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        """Record a timing mark."""
+        self.timings[name] = time.perf_counter()
+
+    def fail(self, error: KorpuError) -> None:
+        """End the exchange with ``error``, reported with this side's origin unless it names the caller."""
+        if not error.origin.startswith("Client") and error.origin == error.origin_default:
+            error.origin = self.origin
+        self.fault = error
+
+    def close(self) -> None:
+        """Release every spool (temporary files included)."""
+        for spool in (*self.request_parts.values(), *self.response_parts.values()):
+            spool.close()
+
+
+class Stage(Protocol):
+    """A step of one side of an exchange."""
+
+    async def __call__(self, exchange: Exchange, /) -> None:
+        """Check or transform ``exchange``; set a fault (or raise a KorpuError) to end it."""
+        ...
+
+
+async def run_stages(stages: Sequence[Stage], exchange: Exchange) -> None:
+    """Run ``stages`` in order until one sets a fault."""
+    for stage in stages:
+        try:
+            await stage(exchange)
+        except KorpuError as exc:
+            exchange.fail(exc)
+        except Exception:
+            log.exception("stage failed", stage=type(stage).__name__, correlation_id=exchange.correlation_id)
+            error = KorpuError("internal error", detail=exchange.correlation_id)
+            exchange.fail(error)
+        if exchange.fault is not None:
+            if exchange.fault.detail is None:
+                exchange.fault.detail = exchange.correlation_id
+            return
