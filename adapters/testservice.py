@@ -6,13 +6,20 @@ REST (any service code mapped to this adapter):
 * ``POST|PUT /echo`` → the request body and content type, unchanged
 * anything else → 404 with a JSON business error
 
-SOAP: answers any operation ``op`` with ``<opResponse>`` holding a copy of the request body's first element and
-the number of attachments, echoing the request's X-Road headers in order as pr-mess requires of providers.
+SOAP, echoing the request's X-Road headers in order as pr-mess requires of providers:
+
+* ``helloService`` (described by :func:`wsdl`, ``testservice.wsdl`` beside this module) →
+  ``<helloServiceResponse><message>Hello, NAME!</message><attachments>N</attachments></helloServiceResponse>``
+  in the request's namespace, ``NAME`` being the request's ``name`` element (``world`` without one) and ``N`` the
+  number of SwA attachments it carried;
+* any other operation ``op`` → ``<opResponse>`` holding a copy of the request body's first element in
+  ``<request>`` and the number of attachments in ``<attachments>``.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from urllib.parse import parse_qs
 
 from lxml import etree
@@ -22,9 +29,16 @@ from bridge.errors import InvalidRequest
 from bridge.message import Protocol
 from bridge.xmlsafe import parse_xml
 
-__all__ = ["TestService"]
+__all__ = ["HELLO_OPERATION", "TestService", "wsdl"]
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+#: The SOAP operation (and service code) that :func:`wsdl` describes.
+HELLO_OPERATION = "helloService"
+
+
+def wsdl() -> bytes:
+    """The test service's WSDL (document/literal ``helloService`` with X-Road headers), self-contained."""
+    return files("adapters").joinpath("testservice.wsdl").read_bytes()
 
 
 class TestService:
@@ -66,8 +80,13 @@ class TestService:
             out_body,
             f"{{{qname.namespace}}}{qname.localname}Response" if qname.namespace else f"{qname.localname}Response",
         )
-        echoed = etree.SubElement(result, "request")
-        echoed.append(operation)
+        if qname.localname == HELLO_OPERATION:
+            # The WSDL's helloServiceResponse: children are unqualified (elementFormDefault is unqualified there).
+            name = operation.findtext("name") or "world"
+            etree.SubElement(result, "message").text = f"Hello, {name}!"
+        else:
+            echoed = etree.SubElement(result, "request")
+            echoed.append(operation)
         etree.SubElement(result, "attachments").text = str(len(request.attachments))
         data = etree.tostring(response, xml_declaration=True, encoding="UTF-8")
         return AdapterResponse(200, data, "text/xml; charset=UTF-8")

@@ -63,7 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a whole federation on loopback and narrate it")
     demo.add_argument("--state", type=Path, default=None, help="state directory (default: a temporary one)")
     demo.set_defaults(handler=_demo)
+    up = commands.add_parser("up", help="run a sandbox federation on loopback until interrupted")
+    up.add_argument("--state", type=Path, required=True, help="state directory (must be new or empty)")
+    up.set_defaults(handler=_up)
     return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from security_server.sandbox import run_sandbox
+
+    state: Path = args.state
+    if state.exists() and any(state.iterdir()):
+        raise ConfigError(f"{state}: not empty; give a new directory (each run creates a fresh federation)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_sandbox(state))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -78,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Long-running servers log their activity; one-shot commands and the demo say what matters on stdout, so
     # their diagnostic log shows only warnings unless asked for more.
-    serving = getattr(args, "central_command", None) == "serve" or getattr(args, "ss_command", None) in ("serve", "up")
+    serving = getattr(args, "central_command", None) == "serve" or getattr(args, "ss_command", None) == "serve"
     configure_logging(args.log_level or (None if serving else "WARNING"))
     handler: Handler = args.handler
     try:

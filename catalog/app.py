@@ -14,8 +14,9 @@ approval reaches security servers at their next refresh rather than after the re
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -56,6 +57,7 @@ class CentralServer:
     publisher: GlobalConfPublisher
     ocsp: OcspResponder | None
     tsa: TimestampAuthority | None
+    requests_served: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def open(cls, state_dir: Path, config: CentralConfig, pin: str) -> CentralServer:
@@ -130,6 +132,9 @@ class CentralServer:
 
     @web.middleware
     async def _notify_on_change(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Requests per interface (api, globalconf, ocsp, tsa, …): what operators watch, and what shows that
+        # message exchange never calls the central server.
+        self.requests_served[request.path.split("/", 2)[1] or "/"] += 1
         response = await handler(request)
         # Any successful write to the catalog may change global configuration: regenerate now.
         if request.method not in ("GET", "HEAD") and request.path.startswith("/api/") and response.status < 400:

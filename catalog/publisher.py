@@ -206,7 +206,13 @@ class GlobalConfPublisher:
                 await asyncio.wait_for(self._changed.wait(), timeout=self._interval)
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """Aiohttp ``cleanup_ctx`` entry: run the loop while the app runs, cancel it on shutdown."""
+        """Aiohttp ``cleanup_ctx`` entry: run the loop while the app runs, cancel it on shutdown.
+
+        The first version is generated before the application starts serving, so no client ever sees the 503 of
+        a server that is up but has nothing to publish yet (if that first attempt fails, the loop keeps trying).
+        """
+        with contextlib.suppress(Exception):  # logged by regenerate(); the loop retries
+            await self.regenerate()
         task = asyncio.create_task(self.run(), name="globalconf-publisher")
         try:
             yield

@@ -17,6 +17,7 @@ and the answer goes back in the protocol's response shape (or as its fault shape
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 import time
@@ -342,7 +343,25 @@ class VerifyResponse:
                 ex.response_content_types.get("message", "text/xml"), message.getvalue(), origin=ORIGIN
             )
             soap.check_response(ex.soap, response, origin=ORIGIN, verify_request_hash=True)
-            ex.extra["soap_response"] = response
+            # The envelope and each attachment travel as separate signed parts; put the attachments back so the
+            # information system gets the SwA response the provider sent (getWsdl's WSDL is such an attachment).
+            attachments = tuple(
+                _response_attachment(
+                    ex.response_content_types.get(name, "application/octet-stream"),
+                    ex.response_part_headers.get(name, ()),
+                    spool.getvalue(),
+                )
+                for name, spool in ex.response_parts.items()
+                if name.startswith("attachment-")
+            )
+            ex.extra["soap_response"] = dataclasses.replace(response, attachments=attachments)
+
+
+def _response_attachment(content_type: str, headers: Sequence[tuple[str, str]], data: bytes) -> soap.SoapAttachment:
+    """A SwA attachment from a response part: ``Content-ID`` back into its field, other headers forwarded."""
+    content_id = next((value.strip().strip("<>") for name, value in headers if name.lower() == "content-id"), None)
+    rest_headers = tuple((name, value) for name, value in headers if name.lower() != "content-id")
+    return soap.SoapAttachment(content_id, content_type, rest_headers, data)
 
 
 def client_stages(runtime: ServerRuntime) -> list[Stage]:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,71 @@ def write_sandbox_json(federation: Federation) -> Path:
     path = federation.state / "sandbox.json"
     write_atomic(path, json.dumps(sandbox_json(federation), indent=2).encode(), mode=0o600)
     return path
+
+
+# korpu up --------------------------------------------------------------------------------------------------------
+
+_A_CLIENT = "SUBSYSTEM:AZ/GOV/1000000001/client"
+SANDBOX_AGENCIES = (
+    AgencySpec("AZ/GOV/1000000001/ss-a", "Agency A", clients=("client",)),
+    AgencySpec(
+        "AZ/GOV/1000000002/ss-b",
+        "Agency B",
+        clients=("client", "services"),
+        services=(
+            ServiceSpec(
+                "services", "hello", title="Hello", grants=(("SUBSYSTEM:AZ/GOV/1000000001/client", None, None),)
+            ),
+            ServiceSpec(
+                "services", "echo", title="Echo", grants=(("SUBSYSTEM:AZ/GOV/1000000001/client", "POST", "/echo"),)
+            ),
+            ServiceSpec(
+                "services",
+                "helloService",
+                type="SOAP",
+                title="Hello (SOAP)",
+                grants=((_A_CLIENT, None, None),),
+            ),
+        ),
+    ),
+)
+
+
+def curl_examples(info: dict[str, Any]) -> list[str]:
+    """Commands a newcomer can paste to talk to the sandbox."""
+    proxy = info["security_servers"]["ss-a"]["client_proxy"]
+    client = info["security_servers"]["ss-a"]["clients"][0]
+    service = "AZ/GOV/1000000002/services"
+    return [
+        f"curl -s -H 'X-Road-Client: {client}' '{proxy}/r1/{service}/hello/hello?name=Aysel'",
+        f"curl -s -H 'X-Road-Client: {client}' -H 'Content-Type: application/json' "
+        f"--data '{{\"ping\": 1}}' '{proxy}/r1/{service}/echo/echo'",
+        f"curl -s -i -H 'X-Road-Client: {info['security_servers']['ss-b']['clients'][0]}' "
+        f"'{info['security_servers']['ss-b']['client_proxy']}/r1/{service}/hello/hello'   # not granted: refused",
+        f"curl -s -H 'Accept: application/json' '{proxy}/listClients'",
+        f"curl -s -H 'X-Road-Client: {client}' '{proxy}/r1/{service}/listMethods'",
+        f"curl -s -H 'X-API-Key: {info['management_api_key']}' '{info['management_api']}/status'",
+    ]
+
+
+async def run_sandbox(
+    state: Path, stop: asyncio.Event | None = None, ready: Callable[[Federation], None] | None = None
+) -> None:
+    """``korpu up``: start the sandbox federation, write sandbox.json, print how to use it, run until stopped."""
+    federation = await start_federation(state, SANDBOX_AGENCIES)
+    try:
+        path = write_sandbox_json(federation)
+        info = sandbox_json(federation)
+        print(f"Körpü sandbox running (state in {state}); everything is in {path}", flush=True)
+        print(f"  central server   {info['central_server']}  (management API key in sandbox.json)")
+        for code, server in info["security_servers"].items():
+            print(f"  {code:<16} client proxy {server['client_proxy']}  clients {', '.join(server['clients'])}")
+        print("Try:")
+        for line in curl_examples(info):
+            print(f"  {line}")
+        print("Press Ctrl-C to stop.", flush=True)
+        if ready is not None:
+            ready(federation)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await federation.stop()

@@ -274,7 +274,8 @@ class CallService:
             if name == "getWsdl":
                 wanted = metaservices.parse_get_wsdl_request(ex.soap)
                 match = self.runtime.service(wanted)
-                if match is None or match.description is None:
+                # A REST service's description is an OpenAPI document, never a WSDL.
+                if match is None or match.description is None or match.config.type != "SOAP":
                     raise NotFound(f"no WSDL is published for {wanted.encoded()}")
                 content_type, data = metaservices.render_get_wsdl_response(ex.soap, match.description)
                 return BackendResponse(200, (), content_type, Spool.from_bytes(data))
@@ -284,7 +285,8 @@ class CallService:
         assert ex.rest is not None
         if name == "getOpenAPI":
             code = (parse_qs(ex.rest.query).get("serviceCode") or [""])[0]
-            match = next((p for p in provided if p.id.service_code == code), None)
+            # A SOAP service's description is a WSDL, never an OpenAPI document.
+            match = next((p for p in provided if p.id.service_code == code and p.config.type == "REST"), None)
             if match is None or match.description is None:
                 raise NotFound(f"no OpenAPI description is published for service {code!r}")
             content_type = "application/json" if match.description.lstrip().startswith(b"{") else "text/yaml"

@@ -1,39 +1,128 @@
-"""A running two-agency federation shared by the exchange tests of one module."""
+"""A running two-agency federation shared by the exchange tests of one module, plus a streaming backend.
+
+ss-a belongs to a bank with client subsystems ``loans`` (granted access) and ``marketing`` (no grants); ss-b to a
+ministry providing the built-in test service (REST ``hello``/``echo``, SOAP ``helloService``) and ``stream``, a
+provider information system reached over HTTP that hashes uploads and streams downloads without holding them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
+from aiohttp import web
 
-from security_server.sandbox import AgencySpec, Federation, ServiceSpec, start_federation
+from adapters.testservice import wsdl as test_service_wsdl
+from security_server.sandbox import AgencySpec, Federation, ServiceSpec, free_port, start_federation
 
 BANK_CLIENT = "SUBSYSTEM:AZ/COM/9900001111/loans"
-AGENCIES = (
-    AgencySpec(
-        "AZ/COM/9900001111/ss-a",
-        "Kapital Bank",
-        clients=("loans", "marketing"),
-    ),
-    AgencySpec(
-        "AZ/GOV/1400057421/ss-b",
-        "Ministry of Digital Development",
-        clients=("population",),
-        services=(
-            ServiceSpec("population", "hello", grants=((BANK_CLIENT, None, None),)),
-            ServiceSpec("population", "echo", grants=((BANK_CLIENT, "POST", "/echo"),)),
-            ServiceSpec("population", "helloService", type="SOAP", grants=((BANK_CLIENT, None, None),)),
+CHUNK = b"\x5a" * (1 << 20)
+#: The OpenAPI 3 description the ministry publishes for REST ``hello`` (served by the ``getOpenAPI`` metaservice).
+HELLO_OPENAPI = json.dumps(
+    {
+        "openapi": "3.0.3",
+        "info": {"title": "Körpü test service: hello", "version": "1.0.0"},
+        "paths": {
+            "/hello": {
+                "get": {
+                    "operationId": "hello",
+                    "parameters": [{"name": "name", "in": "query", "required": False, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "A greeting",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["message", "client"],
+                                        "properties": {
+                                            "message": {"type": "string"},
+                                            "client": {"type": "string"},
+                                            "userId": {"type": "string", "nullable": True},
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    },
+    indent=2,
+    ensure_ascii=False,
+).encode()
+
+
+def agencies(stream_url: str) -> tuple[AgencySpec, ...]:
+    """The federation's two agencies; ``stream_url`` is the ministry's streaming information system."""
+    return (
+        AgencySpec("AZ/COM/9900001111/ss-a", "Kapital Bank", clients=("loans", "marketing")),
+        AgencySpec(
+            "AZ/GOV/1400057421/ss-b",
+            "Ministry of Digital Development",
+            clients=("population",),
+            services=(
+                ServiceSpec("population", "hello", grants=((BANK_CLIENT, None, None),), description=HELLO_OPENAPI),
+                ServiceSpec("population", "echo", grants=((BANK_CLIENT, "POST", "/echo"),)),
+                ServiceSpec(
+                    "population",
+                    "helloService",
+                    type="SOAP",
+                    grants=((BANK_CLIENT, None, None),),
+                    description=test_service_wsdl(),
+                ),
+                ServiceSpec("population", "stream", adapter=None, url=stream_url, grants=((BANK_CLIENT, None, None),)),
+            ),
         ),
-    ),
-)
+    )
+
+
+async def _upload(request: web.Request) -> web.Response:
+    """Hash the upload as it streams in; answer its size and SHA-512."""
+    digest, size = hashlib.sha512(), 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"size": size, "sha512": digest.hexdigest()})
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    """Stream ``n`` MiB of a fixed byte without holding them."""
+    mib = int(request.query.get("mib", "1"))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = mib * len(CHUNK)
+    await response.prepare(request)
+    for _ in range(mib):
+        await response.write(CHUNK)
+    await response.write_eof()
+    return response
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def federation(tmp_path_factory: object) -> AsyncIterator[Federation]:
+async def stream_backend() -> AsyncIterator[str]:
+    """The ministry's streaming information system on loopback; yields its base URL."""
+    app = web.Application(client_max_size=1 << 40)
+    app.router.add_post("/upload", _upload)
+    app.router.add_get("/download", _download)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def federation(tmp_path_factory: object, stream_backend: str) -> AsyncIterator[Federation]:
     """Central server plus ss-a (a bank, client) and ss-b (a ministry, provider) on loopback."""
     state: Path = tmp_path_factory.mktemp("federation")  # type: ignore[attr-defined]
-    fed = await start_federation(state, AGENCIES)
+    fed = await start_federation(state, agencies(stream_backend))
     try:
         yield fed
     finally:

@@ -29,7 +29,7 @@ from bridge.anchor import ConfigurationAnchor
 from bridge.globalconf_xml import verify_and_parse
 from bridge.identifiers import SecurityServerId
 from bridge.pki.keys import cert_sha256_hex
-from security_server.demo import free_port
+from security_server.sandbox import free_port
 
 pytestmark = pytest.mark.functional
 

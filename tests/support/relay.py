@@ -46,6 +46,7 @@ class Relay:
     client_context: ssl.SSLContext
     target: str
     mutate: Callable[[bytes], bytes] | None = None
+    drop_response: bool = False
     captured: list[Captured] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     address: str = ""
@@ -63,12 +64,13 @@ class Relay:
             ) as resp,
         ):
             answer = await resp.read()
-            keep = {
-                k: v
-                for k, v in resp.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "date", "server")
-            }
-            return web.Response(status=resp.status, body=answer, headers=keep)
+            dropped = ("content-length", "transfer-encoding", "date", "server")
+            keep = {k: v for k, v in resp.headers.items() if k.lower() not in dropped}
+        if self.drop_response and request.transport is not None:
+            # The request was delivered and answered; the answer never reaches the caller.
+            request.transport.abort()
+            raise ConnectionResetError("relay dropped the connection after delivering the request")
+        return web.Response(status=resp.status, body=answer, headers=keep)
 
     async def start(self) -> str:
         app = web.Application(client_max_size=1 << 30)
