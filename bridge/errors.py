@@ -51,6 +51,7 @@ file paths of the server, SQL or key material.
     ├── SignatureInvalid                    Server.InvalidSignatureValue    500
     ├── InvalidTransportMessage             Server.InvalidMessage           500
     ├── AccessDenied                        Server.AccessDenied             403
+    ├── ReplayedMessage                     Server.ReplayedMessage          500
     ├── UpstreamUnavailable                 Server.NetworkError             502
     └── DatabaseError                       Server.DatabaseError            500
 
@@ -103,6 +104,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PkiError",
+    "ReplayedMessage",
     "SignatureInvalid",
     "SslAuthenticationFailed",
     "TokenError",
@@ -451,3 +453,13 @@ def render_json(error: KorpuError, correlation_id: str | None = None) -> bytes:
     if body["detail"] is None:
         body["detail"] = correlation_id
     return json.dumps(body, ensure_ascii=False).encode()
+
+
+class ReplayedMessage(KorpuError):
+    """A message was signed outside the accepted time window, or its signature was already seen (a replay).
+
+    Raised by the receiving security server (``Server.ServerProxy.ReplayedMessage`` for requests,
+    ``Server.ClientProxy.ReplayedMessage`` for responses).
+    """
+
+    code = "ReplayedMessage"

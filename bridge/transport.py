@@ -22,7 +22,7 @@ import binascii
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -38,10 +38,12 @@ __all__ = [
     "EXCHANGE_PATH",
     "HEADER_MANIFEST_LENGTH",
     "HEADER_PROTOCOL",
+    "INDEX_PART",
     "PROTOCOL_VERSION",
     "AsyncReader",
     "Manifest",
     "PartInfo",
+    "index_bytes",
     "iter_message",
     "message_headers",
     "message_length",
@@ -57,6 +59,8 @@ HEADER_PROTOCOL = "X-Korpu-Protocol"
 PROTOCOL_VERSION = "1"
 #: Header with the manifest's length in bytes.
 HEADER_MANIFEST_LENGTH = "X-Korpu-Manifest-Length"
+#: Name of the signed part that is not sent but derived from the manifest (see :func:`index_bytes`).
+INDEX_PART = "index"
 #: Content type of every message body.
 CONTENT_TYPE = "application/vnd.korpu.message+v1"
 #: Default cap on the manifest (a signature with a certificate chain and a few OCSP responses is under 16 KiB).
@@ -295,6 +299,21 @@ def _decode(data: bytes, *, max_parts: int, max_bytes: int) -> Manifest:
     if not isinstance(meta, dict):
         raise _fail("manifest meta must be an object")
     return Manifest(parts=tuple(parts), signature=signature, ocsp=ocsp, meta=meta)
+
+
+def index_bytes(parts: Sequence[PartInfo], meta: Mapping[str, str]) -> bytes:
+    """The canonical bytes of the manifest's descriptive fields, signed as the derived part ``index``.
+
+    The manifest carries the signature, so it cannot be covered by it directly; instead the sender signs this
+    serialisation of everything in the manifest that a receiver acts on — ``meta`` and each part's name, content
+    type, length and headers — and the receiver recomputes it from the manifest it got.  Any change to those
+    fields in transit then breaks the signature.  Compact UTF-8 JSON with sorted keys.
+    """
+    doc = {
+        "meta": dict(sorted(meta.items())),
+        "parts": [[p.name, p.content_type, p.length, [list(h) for h in p.headers]] for p in parts],
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 # HTTP framing ----------------------------------------------------------------------------------------------------

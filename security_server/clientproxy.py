@@ -32,6 +32,7 @@ from bridge import metaservices, rest, soap
 from bridge.errors import (
     AccessDenied,
     ClientError,
+    InconsistentResponse,
     InvalidRequest,
     KorpuError,
     MethodNotAllowed,
@@ -41,10 +42,9 @@ from bridge.globalconf import SecurityServerInfo
 from bridge.identifiers import MemberId, SubsystemId
 from bridge.logsetup import get_logger
 from bridge.message import Protocol
-from bridge.signature import Part, verify_signature_details
 from bridge.spool import Spool
-from bridge.transport import Manifest, PartInfo, iter_message, message_headers, parse_message_headers, read_message
-from security_server.exchange import Exchange, Stage, run_stages
+from bridge.transport import Manifest, iter_message, message_headers, parse_message_headers, read_message
+from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
 from security_server.peers import PinningConnector, fault_from_peer, send_to_first
 from security_server.runtime import AUTH, ServerRuntime, utcnow
 
@@ -214,15 +214,23 @@ class ResolveProvider:
 
 
 class SignRequest:
-    """Sign the digests of all parts with the client member's signing key; staple our OCSP responses."""
+    """Sign all parts, the manifest's index and the signing time with the client member's key; staple OCSP."""
 
     def __init__(self, runtime: ServerRuntime) -> None:
         self.runtime = runtime
 
     async def __call__(self, ex: Exchange) -> None:
+        assert ex.header is not None
         creds = self.runtime.credentials()
-        parts = [Part(name, spool.digest) for name, spool in ex.request_parts.items()]
-        ex.request_signature = creds.signer.sign(parts)
+        infos = part_infos(ex.request_parts, ex.request_content_types, ex.request_part_headers)
+        meta = {
+            "protocol": str(ex.header.protocol),
+            "id": ex.header.message_id,
+            "requestId": ex.correlation_id,
+            "requestHash": ex.request_hash or "",
+        }
+        ex.extra["request_manifest"] = (infos, meta)
+        ex.request_signature = sign_message(creds.signer, infos, meta, ex.request_parts)
         # Staples: [0] the signing certificate's OCSP response, [1] the authentication certificate's.
         ex.request_ocsp = (creds.ocsp.response_for("sign"), creds.ocsp.response_for(AUTH))
 
@@ -237,25 +245,8 @@ class Forward:
         assert ex.header is not None and ex.request_signature is not None
         runtime = self.runtime
         limits = runtime.config.limits
-        manifest = Manifest(
-            parts=tuple(
-                PartInfo(
-                    name,
-                    ex.request_content_types.get(name, "application/octet-stream"),
-                    spool.size,
-                    ex.request_part_headers.get(name, ()),
-                )
-                for name, spool in ex.request_parts.items()
-            ),
-            signature=ex.request_signature,
-            ocsp=ex.request_ocsp,
-            meta={
-                "protocol": str(ex.header.protocol),
-                "id": ex.header.message_id,
-                "requestId": ex.correlation_id,
-                "requestHash": ex.request_hash or "",
-            },
-        )
+        infos, meta = ex.extra["request_manifest"]
+        manifest = Manifest(parts=infos, signature=ex.request_signature, ocsp=ex.request_ocsp, meta=meta)
         manifest_bytes = manifest.encode()
         targets: tuple[SecurityServerInfo, ...] = ex.extra["targets"]
         assert runtime.peer_session is not None
@@ -298,6 +289,7 @@ class Forward:
                 raise
         runtime.router.success(sent.server, time.perf_counter() - ex.timings["request_out"])
         ex.response_parts = spools
+        ex.extra["response_manifest"] = response_manifest
         ex.response_signature = response_manifest.signature
         ex.response_ocsp = response_manifest.ocsp
         for info in response_manifest.parts:
@@ -306,22 +298,22 @@ class Forward:
 
 
 class VerifyResponse:
-    """Check the provider's TLS certificate, its signature over the response, and the request hash binding."""
+    """Check the provider's TLS certificate, its signature over the response, and the binding to our request."""
 
     def __init__(self, runtime: ServerRuntime) -> None:
         self.runtime = runtime
 
     async def __call__(self, ex: Exchange) -> None:
-        assert ex.header is not None and ex.response_signature is not None
+        assert ex.header is not None and ex.conf is not None and ex.peer_server is not None
         now = utcnow()
         staples = ex.response_ocsp
-        # (1) the peer's authentication certificate is good per its stapled OCSP response
+        # (1) the peer is the server we chose, with a good authentication certificate per its stapled response
         peer_der: bytes = ex.extra.get(_RAW_PEER, b"")
+        self.runtime.binding.check_server(ex.conf, peer_der, ex.peer_server.id)
         self.runtime.checker.check_auth_cert(peer_der, staples[1] if len(staples) > 1 else None, now)
-        # (2) the signature covers exactly the parts received
-        verified = verify_signature_details(
-            ex.response_signature, {name: spool.digest for name, spool in ex.response_parts.items()}
-        )
+        # (2) the signature covers exactly the parts received and the manifest's index, and is fresh and new
+        verified = verify_message(ex.extra["response_manifest"], ex.response_parts)
+        self.runtime.replay.check(ex.response_signature or b"", verified.signing_time, now)
         # (3) the signer is the provider member, with a good certificate from an approved CA
         member = self.runtime.checker.check_sign_cert(
             verified.cert.public_bytes(Encoding.DER), staples[0] if staples else None, now
@@ -332,17 +324,26 @@ class VerifyResponse:
         # (4) the response answers our request
         message = ex.response_parts.get("message")
         if message is None:
-            raise InvalidRequest("the response has no message part")
+            raise InconsistentResponse("the response has no message part")
         if ex.rest is not None:
-            ex.rest_response, echoed_hash = rest.parse_response_descriptor(message.getvalue())
+            try:
+                ex.rest_response, echoed_hash = rest.parse_response_descriptor(message.getvalue())
+            except KorpuError as exc:
+                raise InconsistentResponse(f"the response descriptor is not valid: {exc.message}") from None
             if echoed_hash != ex.request_hash:
-                raise InvalidRequest("the response's request hash does not match the request")
+                raise InconsistentResponse("the response's request hash does not match the request")
         else:
             assert ex.soap is not None
             response = soap.parse_soap_response(
                 ex.response_content_types.get("message", "text/xml"), message.getvalue(), origin=ORIGIN
             )
-            soap.check_response(ex.soap, response, origin=ORIGIN, verify_request_hash=True)
+            if response.is_fault and response.header is None:
+                # A technical fault carries no X-Road header to hold requestHash; the signed part does.
+                bound = ex.response_parts.get("request-hash")
+                if bound is None or bound.getvalue().decode("ascii", "replace") != ex.request_hash:
+                    raise InconsistentResponse("the provider's fault is not bound to this request")
+            else:
+                soap.check_response(ex.soap, response, origin=ORIGIN, verify_request_hash=True)
             # The envelope and each attachment travel as separate signed parts; put the attachments back so the
             # information system gets the SwA response the provider sent (getWsdl's WSDL is such an attachment).
             attachments = tuple(

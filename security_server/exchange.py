@@ -10,23 +10,26 @@ origin.  Any other exception is a bug: it is logged with a correlation id and be
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.errors import KorpuError
 from bridge.logsetup import get_logger
 from bridge.message import MessageHeader
+from bridge.signature import MessageSigner, Part, VerifiedSignature, part_digest, verify_signature_details
 from bridge.spool import Spool
+from bridge.transport import INDEX_PART, Manifest, PartInfo, index_bytes
 
 if TYPE_CHECKING:
     from bridge.globalconf import GlobalConf, SecurityServerInfo
     from bridge.rest import RestRequest, RestResponse
     from bridge.soap import SoapMessage
 
-__all__ = ["Exchange", "Stage", "run_stages"]
+__all__ = ["Exchange", "Stage", "part_infos", "run_stages", "sign_message", "verify_message"]
 
 log = get_logger(__name__)
 
@@ -113,3 +116,34 @@ async def run_stages(stages: Sequence[Stage], exchange: Exchange) -> None:
             if exchange.fault.detail is None:
                 exchange.fault.detail = exchange.correlation_id
             return
+
+
+# Signing and verifying a message: the parts, plus the derived index of the manifest's descriptive fields ---------
+
+
+def part_infos(
+    spools: Mapping[str, Spool],
+    content_types: Mapping[str, str],
+    part_headers: Mapping[str, tuple[tuple[str, str], ...]],
+) -> tuple[PartInfo, ...]:
+    """Describe ``spools`` for a manifest, in order."""
+    return tuple(
+        PartInfo(name, content_types.get(name, "application/octet-stream"), spool.size, part_headers.get(name, ()))
+        for name, spool in spools.items()
+    )
+
+
+def sign_message(
+    signer: MessageSigner, infos: tuple[PartInfo, ...], meta: Mapping[str, str], spools: Mapping[str, Spool]
+) -> bytes:
+    """One signature over every part's digest, the derived ``index`` part and the signing time."""
+    parts = [Part(info.name, spools[info.name].digest) for info in infos]
+    parts.append(Part(INDEX_PART, part_digest(index_bytes(infos, meta))))
+    return signer.sign(parts, signing_time=dt.datetime.now(dt.UTC))
+
+
+def verify_message(manifest: Manifest, spools: Mapping[str, Spool]) -> VerifiedSignature:
+    """Verify a received message's signature over its parts and its manifest's index; raise if it does not hold."""
+    digests = {name: spool.digest for name, spool in spools.items()}
+    digests[INDEX_PART] = part_digest(index_bytes(manifest.parts, manifest.meta))
+    return verify_signature_details(manifest.signature, digests)

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from bridge.errors import KorpuError, SslAuthenticationFailed, UpstreamUnavailable
+from bridge.errors import ClientError, KorpuError, SslAuthenticationFailed, UpstreamUnavailable
 from bridge.globalconf import GlobalConf, SecurityServerInfo
 from bridge.logsetup import get_logger
 from bridge.pki.keys import cert_sha256_hex
@@ -201,22 +201,46 @@ def _describe(exc: BaseException) -> str:
 
 
 def fault_from_peer(status: int, data: dict[str, Any]) -> KorpuError:
-    """Rebuild a fault the peer reported (JSON ``{type, message, detail}``) keeping its code and origin."""
-    fault_type = str(data.get("type") or "Server.ServerProxy.InternalError")
+    """Rebuild a fault the peer reported (JSON ``{type, message, detail}``) keeping its code and origin.
+
+    A ``Client.*`` fault stays a client fault with the status the provider gave it (4xx), so the information
+    system learns it sent something wrong; anything else is a server fault (500 to the information system).
+    """
+    fault_type = str(data.get("type") or "Server.ServerProxy.InternalError")[:200]
     origin, _, code = fault_type.rpartition(".")
-    error = _PeerFault(str(data.get("message") or "error at the provider's security server"), origin=origin or "Server")
+    message = str(data.get("message") or "error at the provider's security server")[:2000]
+    error: _PeerFault | _PeerClientFault
+    if origin == "Client" and 400 <= status < 500:
+        error = _CLIENT_FAULTS.get(status, _PeerClientFault)(message, origin="Client")
+    else:
+        error = _PeerFault(message, origin=origin or "Server")
     error.peer_code = code or "InternalError"
-    error.peer_status = status
-    error.detail = str(data["detail"]) if data.get("detail") else None
+    error.detail = str(data["detail"])[:200] if data.get("detail") else None
     return error
 
 
 class _PeerFault(KorpuError):
-    """A fault reported by the provider's security server, relayed unchanged."""
+    """A server-side fault reported by the provider's security server, relayed unchanged."""
 
     peer_code = "InternalError"
-    peer_status = 500
 
     @property
     def fault_code(self) -> str:
         return f"{self.origin}.{self.peer_code}"
+
+
+class _PeerClientFault(ClientError):
+    """A client fault the provider's security server reported (the request was wrong), relayed unchanged."""
+
+    peer_code = "BadRequest"
+
+    @property
+    def fault_code(self) -> str:
+        return f"{self.origin}.{self.peer_code}"
+
+
+def _client_fault(status: int) -> type[_PeerClientFault]:
+    return type(f"_PeerClientFault{status}", (_PeerClientFault,), {"http_status": status})
+
+
+_CLIENT_FAULTS = {status: _client_fault(status) for status in (401, 403, 404, 405, 409, 413)}

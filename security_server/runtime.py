@@ -39,6 +39,7 @@ from security_server.config import AccessRule, ServerConfig, ServiceConfig
 from security_server.ocsp_cache import OwnOcspResponses
 from security_server.peers import PinningConnector, Router
 from security_server.registration import RegistrationState
+from security_server.replay import ReplayGuard
 from security_server.tls import TlsContexts, TlsIdentity
 
 __all__ = ["Credentials", "ProvidedService", "ServerRuntime"]
@@ -86,6 +87,7 @@ class ServerRuntime:
     checker: CertificateChecker = field(init=False)
     binding: PeerBinding = field(default_factory=PeerBinding)
     router: Router = field(default_factory=Router)
+    replay: ReplayGuard = field(default_factory=ReplayGuard)
     services: dict[tuple[SubsystemId, str, str | None], ProvidedService] = field(default_factory=dict)
     peer_session: aiohttp.ClientSession | None = None
     backend_session: aiohttp.ClientSession | None = None

@@ -30,13 +30,12 @@ from bridge import metaservices, rest, soap
 from bridge.errors import AccessDenied, InvalidRequest, KorpuError, NotFound, SslAuthenticationFailed
 from bridge.logsetup import get_logger
 from bridge.message import Protocol
-from bridge.signature import Part, verify_signature_details
 from bridge.spool import Spool
-from bridge.transport import Manifest, PartInfo, iter_message, message_headers, parse_message_headers, read_message
+from bridge.transport import Manifest, iter_message, message_headers, parse_message_headers, read_message
 from policies import decide
 from policies.engine import allowed_services
 from security_server.backends import BackendRequest, BackendResponse, ServiceFailed
-from security_server.exchange import Exchange, Stage, run_stages
+from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
 from security_server.runtime import AUTH, ServerRuntime, utcnow
 from security_server.tls import peer_certificate
 
@@ -130,12 +129,14 @@ class VerifySignature:
 
     async def __call__(self, ex: Exchange) -> None:
         assert ex.request_signature is not None
-        digests = {name: spool.digest for name, spool in ex.request_parts.items()}
-        verified = verify_signature_details(ex.request_signature, digests)
+        now = utcnow()
+        # (1) the signature covers every part and the manifest's index (so no descriptive field was changed)
+        verified = verify_message(ex.extra["manifest"], ex.request_parts)
+        # (2) it is fresh and has not been seen before
+        self.runtime.replay.check(ex.request_signature, verified.signing_time, now)
+        # (3) the signer's certificate is good (stapled OCSP) and from an approved CA
         staple = ex.request_ocsp[0] if ex.request_ocsp else None
-        ex.extra["signer"] = self.runtime.checker.check_sign_cert(
-            verified.cert.public_bytes(Encoding.DER), staple, utcnow()
-        )
+        ex.extra["signer"] = self.runtime.checker.check_sign_cert(verified.cert.public_bytes(Encoding.DER), staple, now)
 
 
 class ParseMessage:
@@ -158,23 +159,19 @@ class ParseMessage:
             body = ex.request_parts.get("body")
             ex.request_hash = rest.request_hash(message.digest, body.digest if body is not None else None)
         elif protocol == Protocol.SOAP:
+            if any(name != "message" and not name.startswith("attachment-") for name in ex.request_parts):
+                raise InvalidRequest("a SOAP message has only 'message' and 'attachment-N' parts")
             limits = self.runtime.config.limits
             ex.soap = soap.parse_soap(
                 ex.request_content_types.get("message", "text/xml"),
                 message.getvalue(),
                 max_envelope_bytes=limits.max_soap_envelope_bytes,
                 max_depth=limits.max_xml_depth,
-                check_body_name=ex_service_code_is_meta(message.getvalue()) is False,
             )
             ex.header = ex.soap.header
             ex.request_hash = soap.request_hash(ex.soap.envelope)
         else:
             raise InvalidRequest("the manifest names no known protocol")
-
-
-def ex_service_code_is_meta(_envelope: bytes) -> bool:
-    """Body-name checking stays on for every service; metaservice bodies are named after their service codes."""
-    return False
 
 
 class BindClient:
@@ -341,8 +338,14 @@ class SignResponse:
             if not 200 <= answer.status < 300 and answer.status != 500:
                 raise ServiceFailed(f"the service answered HTTP {answer.status}")
             response_msg = soap.parse_soap_response(answer.content_type or "", data, origin=ORIGIN)
-            soap.check_response(ex.soap, response_msg, origin=ORIGIN)
-            envelope = soap.add_request_hash(response_msg.envelope, ex.request_hash)
+            if response_msg.is_fault and response_msg.header is None:
+                # A technical fault has no X-Road header to carry requestHash: bind it with a signed part instead.
+                envelope = response_msg.envelope
+                ex.response_parts["request-hash"] = Spool.from_bytes(ex.request_hash.encode("ascii"))
+                ex.response_content_types["request-hash"] = "text/plain"
+            else:
+                soap.check_response(ex.soap, response_msg, origin=ORIGIN)
+                envelope = soap.add_request_hash(response_msg.envelope, ex.request_hash)
             ex.response_parts["message"] = Spool.from_bytes(envelope)
             ex.response_content_types["message"] = "text/xml; charset=UTF-8"
             for n, att in enumerate(response_msg.attachments, start=1):
@@ -353,8 +356,13 @@ class SignResponse:
                 if att.content_id is not None:
                     part_headers.insert(0, ("Content-ID", f"<{att.content_id}>"))
                 ex.response_part_headers[name] = tuple(part_headers)
+        if "request-hash" in ex.response_parts:
+            ex.response_parts["request-hash"] = ex.response_parts.pop("request-hash")  # last, after attachments
         creds = self.runtime.credentials()
-        ex.response_signature = creds.signer.sign([Part(n, s.digest) for n, s in ex.response_parts.items()])
+        infos = part_infos(ex.response_parts, ex.response_content_types, ex.response_part_headers)
+        meta = {"protocol": str(ex.header.protocol), "requestHash": ex.request_hash}
+        ex.extra["response_manifest"] = (infos, meta)
+        ex.response_signature = sign_message(creds.signer, infos, meta, ex.response_parts)
         ex.response_ocsp = (creds.ocsp.response_for("sign"), creds.ocsp.response_for(AUTH))
 
 
@@ -397,20 +405,8 @@ async def exchange_handler(request: web.Request) -> web.StreamResponse:
         if ex.fault is not None:
             return _fault_response(ex)
         assert ex.response_signature is not None
-        manifest = Manifest(
-            parts=tuple(
-                PartInfo(
-                    name,
-                    ex.response_content_types.get(name, "application/octet-stream"),
-                    spool.size,
-                    ex.response_part_headers.get(name, ()),
-                )
-                for name, spool in ex.response_parts.items()
-            ),
-            signature=ex.response_signature,
-            ocsp=ex.response_ocsp,
-            meta={"protocol": str(ex.header.protocol) if ex.header else "", "requestHash": ex.request_hash or ""},
-        )
+        infos, meta = ex.extra["response_manifest"]
+        manifest = Manifest(parts=infos, signature=ex.response_signature, ocsp=ex.response_ocsp, meta=meta)
         manifest_bytes = manifest.encode()
         response = web.StreamResponse(status=200, headers=message_headers(manifest_bytes, manifest))
         await response.prepare(request)
@@ -447,7 +443,12 @@ async def _unexpected(request: web.Request, handler: Handler) -> web.StreamRespo
         if error is None:
             raise
         error.origin = ORIGIN
-        return web.Response(status=404, body=json.dumps(error.to_dict()).encode(), content_type="application/json")
+        return web.Response(
+            status=404,
+            body=json.dumps(error.to_dict()).encode(),
+            content_type="application/json",
+            headers={"X-Road-Error": error.fault_code},
+        )
 
 
 def server_proxy_app(runtime: ServerRuntime) -> web.Application:

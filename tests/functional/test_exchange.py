@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
 from bridge.globalconf import GlobalConf
+from bridge.transport import HEADER_MANIFEST_LENGTH, index_bytes
 from security_server.runtime import ServerRuntime
 from security_server.sandbox import Federation
 from tests.support.relay import Relay, flip_last_byte
@@ -308,6 +309,9 @@ async def test_captured_signature_verifies_with_xmlsec1(
     captured = relay.captured[0]
     for name, data in captured.parts().items():
         (tmp_path / name).write_bytes(data)
+    # The signed "index" part is not sent: the auditor derives it from the manifest (docs/protocol.md).
+    manifest = captured.manifest
+    (tmp_path / "index").write_bytes(index_bytes(manifest.parts, manifest.meta))
     (tmp_path / "signature.xml").write_bytes(captured.manifest.signature)
     (tmp_path / "ca.pem").write_bytes(federation.central.ca.root_cert.public_bytes(Encoding.PEM))
     ok = xmlsec1(tmp_path)
@@ -360,3 +364,58 @@ def yarl_raw(url: str) -> object:
     import yarl
 
     return yarl.URL(url, encoded=True)
+
+
+async def _capture_one(
+    federation: Federation, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, relays: list[Relay]
+) -> tuple[Relay, ServerRuntime, ServerRuntime]:
+    ss_a, ss_b = federation.server("ss-a").runtime, federation.server("ss-b").runtime
+    relay = Relay(ss_b.server_ssl(), ss_a.client_ssl(), ss_b.config.address)
+    relays.append(relay)
+    redirect(monkeypatch, ss_a, "ss-b", await relay.start())
+    headers = {"X-Road-Client": LOANS, "Content-Type": "text/plain"}
+    async with http.post(client_url(federation, f"{SERVICE}/echo/echo"), data=b"once", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    return relay, ss_a, ss_b
+
+
+async def _post_as(runtime: ServerRuntime, address: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    """POST a raw message to a server proxy with ``runtime``'s TLS identity (what a malicious peer could do)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"https://{address}/korpu/v1/exchange", data=body, headers=headers, ssl=runtime.client_ssl()
+        ) as resp,
+    ):
+        await resp.read()
+        return resp.status, resp.headers.get("X-Road-Error", "")
+
+
+async def test_replayed_request_is_refused(
+    federation: Federation, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, relay_factory: list[Relay]
+) -> None:
+    """A captured request sent again, byte for byte, by the same peer is refused as a replay."""
+    relay, ss_a, ss_b = await _capture_one(federation, http, monkeypatch, relay_factory)
+    captured = relay.captured[0]
+    headers = {k: v for k, v in captured.headers.items() if k.lower() not in ("host", "content-length")}
+    status, error = await _post_as(ss_a, ss_b.config.address, headers, captured.body)
+    assert (status, error) == (500, "Server.ServerProxy.ReplayedMessage")
+
+
+async def test_changed_manifest_metadata_breaks_the_signature(
+    federation: Federation, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, relay_factory: list[Relay]
+) -> None:
+    """Changing a part's content type in the (unsigned) manifest is caught: the signed index no longer matches."""
+    relay, ss_a, ss_b = await _capture_one(federation, http, monkeypatch, relay_factory)
+    captured = relay.captured[0]
+    manifest = captured.manifest
+    parts = tuple(
+        dataclasses.replace(p, content_type="application/x-evil") if p.name == "body" else p for p in manifest.parts
+    )
+    forged = dataclasses.replace(manifest, parts=parts)
+    forged_bytes = forged.encode()
+    body = forged_bytes + b"".join(captured.parts().values())
+    headers = {k: v for k, v in captured.headers.items() if k.lower() not in ("host", "content-length")}
+    headers[HEADER_MANIFEST_LENGTH] = str(len(forged_bytes))
+    status, error = await _post_as(ss_a, ss_b.config.address, headers, body)
+    assert (status, error) == (500, "Server.ServerProxy.InvalidSignatureValue")

@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-import security_server.clientproxy as clientproxy
-import security_server.serverproxy as serverproxy
+import security_server.exchange as exchange
 from bridge.globalconf import GlobalConf
 from bridge.identifiers import SecurityServerId
 from bridge.signature import MessageSigner
@@ -66,18 +65,15 @@ async def test_hot_path_calls_no_central_service_and_signs_once_per_side(
         return wrapper
 
     monkeypatch.setattr(MessageSigner, "sign", counting_sign)
-    monkeypatch.setattr(
-        clientproxy, "verify_signature_details", counting("verify-client", clientproxy.verify_signature_details)
-    )
-    monkeypatch.setattr(
-        serverproxy, "verify_signature_details", counting("verify-server", serverproxy.verify_signature_details)
-    )
+    monkeypatch.setattr(exchange, "verify_signature_details", counting("verify", exchange.verify_signature_details))
     before = Counter(federation.central.requests_served)
     exchanges = 20
     for _ in range(exchanges):
         assert (await hello(federation, http)).status == 200
     assert Counter(federation.central.requests_served) - before == Counter()
-    assert calls == Counter({"sign": 2 * exchanges, "verify-client": exchanges, "verify-server": exchanges})
+    # Each exchange: the consumer signs the request, the provider verifies it, signs the response, and the
+    # consumer verifies that.
+    assert calls == Counter({"sign": 2 * exchanges, "verify": 2 * exchanges})
 
 
 def with_decoy(monkeypatch: pytest.MonkeyPatch, runtime: ServerRuntime, provider: str, address: str) -> str:

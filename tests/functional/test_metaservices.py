@@ -286,9 +286,8 @@ async def test_rest_get_openapi_without_description(federation: Federation, http
     url = client_url(federation, f"{PROVIDER}/getOpenAPI?serviceCode=echo")
     async with http.get(url, headers={"X-Road-Client": LOANS}) as resp:
         assert resp.headers["X-Road-Error"] == "Client.NotFound"
-        # A fault relayed from the provider's security server is 500 whatever its origin (peers._PeerFault is not a
-        # ClientError, so render_rest_error never keeps its 404); pinned as it is today.
-        assert resp.status == 500
+        # A client fault relayed from the provider's security server keeps its 4xx (pr-rest §4.6).
+        assert resp.status == 404
         assert (await resp.json())["type"] == "Client.NotFound"
 
 
