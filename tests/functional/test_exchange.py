@@ -33,6 +33,7 @@ MARKETING = "AZ/COM/9900001111/marketing"
 SERVICE = "/r1/AZ/GOV/1400057421/population"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "xroad"
 XROAD_XSD = Path(__file__).resolve().parents[2] / "schemas" / "xroad"
+SOAP_XSD = Path(__file__).resolve().parents[2] / "schemas" / "soap" / "soap-envelope-1.1.xsd"
 
 
 def client_url(fed: Federation, path: str = "") -> str:
@@ -210,6 +211,16 @@ async def test_hostile_soap_gets_a_fault(federation: Federation, http: aiohttp.C
     await test_rest_get_passes_end_to_end(federation, http)  # still serving
 
 
+async def test_oversized_soap_envelope_is_refused(federation: Federation, http: aiohttp.ClientSession) -> None:
+    """A SOAP envelope over the configured cap (8 MiB) is refused with a client fault, not parsed."""
+    envelope = soap_request("helloService").replace(b"</exampleInput>", b"x" * (9 << 20) + b"</exampleInput>", 1)
+    async with http.post(client_url(federation, "/"), data=envelope, headers={"Content-Type": "text/xml"}) as resp:
+        assert resp.status == 500
+        code = etree.fromstring(await resp.read()).findtext(".//faultcode")
+        assert code is not None
+        assert code.startswith("Client.")
+
+
 async def test_oversized_header_is_refused(federation: Federation, http: aiohttp.ClientSession) -> None:
     """A header line longer than the configured cap is refused with a 4xx, not served."""
     headers = {"X-Road-Client": LOANS, "X-Big": "x" * 20000}
@@ -352,7 +363,9 @@ def soap_request(operation: str) -> bytes:
 
 
 def validate_headers(header: etree._Element) -> None:
-    """Each X-Road header element validates against xroad.xsd (the schema of pr-mess)."""
+    """The envelope validates against the SOAP 1.1 envelope schema, each X-Road header against xroad.xsd."""
+    envelope_schema = etree.XMLSchema(etree.parse(str(SOAP_XSD)))
+    envelope_schema.assertValid(etree.ElementTree(etree.fromstring(etree.tostring(header.getroottree().getroot()))))
     schema = etree.XMLSchema(etree.parse(str(XROAD_XSD / "xroad.xsd")))
     for child in header:
         wrapper = etree.fromstring(etree.tostring(child))
