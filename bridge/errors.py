@@ -52,6 +52,9 @@ file paths of the server, SQL or key material.
     ├── InvalidTransportMessage             Server.InvalidMessage           500
     ├── AccessDenied                        Server.AccessDenied             403
     ├── ReplayedMessage                     Server.ReplayedMessage          500
+    ├── LoggingFailed                       Server.LoggingFailed            500
+    ├── TimestampingFailed                  Server.TimestampingFailed       500
+    ├── LogVerificationFailed               Server.LogVerificationFailed    500
     ├── UpstreamUnavailable                 Server.NetworkError             502
     └── DatabaseError                       Server.DatabaseError            500
 
@@ -96,6 +99,8 @@ __all__ = [
     "InvalidXml",
     "KeyNotFound",
     "KorpuError",
+    "LogVerificationFailed",
+    "LoggingFailed",
     "MethodNotAllowed",
     "MimeParsingFailed",
     "MissingApiKey",
@@ -107,6 +112,7 @@ __all__ = [
     "ReplayedMessage",
     "SignatureInvalid",
     "SslAuthenticationFailed",
+    "TimestampingFailed",
     "TokenError",
     "TokenNotInitialized",
     "UpstreamUnavailable",
@@ -463,3 +469,21 @@ class ReplayedMessage(KorpuError):
     """
 
     code = "ReplayedMessage"
+
+
+class LoggingFailed(KorpuError):
+    """The message log could not write the record, so the message was not passed on (nothing unlogged moves)."""
+
+    code = "LoggingFailed"
+
+
+class TimestampingFailed(KorpuError):
+    """The message log's records have waited for a timestamp longer than the grace period; traffic is refused."""
+
+    code = "TimestampingFailed"
+
+
+class LogVerificationFailed(KorpuError):
+    """Evidence does not verify: a record, body, signature, proof or timestamp was changed, or is missing."""
+
+    code = "LogVerificationFailed"

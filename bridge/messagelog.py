@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from bridge.errors import KorpuError
+from bridge.errors import LogVerificationFailed
 
 __all__ = [
     "GENESIS_HASH",
@@ -51,12 +51,6 @@ __all__ = [
 
 #: ``prev_hash`` of the first record.
 GENESIS_HASH = bytes(32)
-
-
-class LogVerificationFailed(KorpuError):
-    """Evidence does not verify: a record, body, signature, proof or timestamp was changed, or is missing."""
-
-    code = "LogVerificationFailed"
 
 
 class Side(enum.StrEnum):
