@@ -22,6 +22,8 @@ __all__ = [
     "Limits",
     "Listeners",
     "LocalGroup",
+    "MessageLogConfig",
+    "PersonField",
     "ServerConfig",
     "ServiceConfig",
     "load_server_config",
@@ -64,6 +66,20 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class PersonField:
+    """Where a service's requests carry a person identifier (for "who accessed this person's data").
+
+    ``source`` is ``query`` (parameter ``name``), ``header`` (header ``name``), ``path`` (``name`` is a pattern such
+    as ``/persons/{pin}``; the ``{…}`` segment is the identifier), ``json`` (``name`` is a JSON pointer into the
+    request body, e.g. ``/applicant/pin``) or ``xml`` (``name`` is an element's local name in the SOAP Body).
+    The end user's ``userId`` is always recorded as well.
+    """
+
+    source: Literal["query", "header", "path", "json", "xml"] = option(help="Where the identifier is.")
+    name: str = option(help="Parameter, header, path pattern, JSON pointer or XML element name.")
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """A service this server provides, and its backend: an information system's URL or an in-process adapter."""
 
@@ -75,6 +91,10 @@ class ServiceConfig:
     version: str | None = option(None, help="Service version (SOAP), if any.")
     timeout_seconds: float = option(30.0, help="Timeout for the backend's answer.")
     description: str | None = option(None, help="OpenAPI (REST) or WSDL (SOAP) file describing the service.")
+    body_logging: Literal["full", "metadata"] = option(
+        "full", help="full: the message log keeps every part's bytes; metadata: only their digests and sizes."
+    )
+    person_fields: tuple[PersonField, ...] = option((), help="Where requests carry person identifiers.")
 
     def __post_init__(self) -> None:
         check_code(self.subsystem, "services.subsystem")
@@ -105,6 +125,33 @@ class AccessRule:
     service: str = option(help="Service in path form INSTANCE/CLASS/MEMBER/SUBSYSTEM/CODE[/VERSION].")
     method: str | None = option(None, help="REST method (any if empty).")
     path: str | None = option(None, help="REST path pattern: literal segments, * (one segment), ** (any rest).")
+
+
+@dataclass(frozen=True)
+class MessageLogConfig:
+    """Where the message log lives and how it is timestamped and archived."""
+
+    database: str = option(
+        "sqlite:///messagelog.db", help="sqlite:///FILE (relative to the state dir) or postgresql://…"
+    )
+    bodies: str = option("messagelog-bodies", help="Directory of the content-addressed body store.")
+    timestamping_interval_seconds: int | None = option(
+        None, help="Timestamp a batch this often (default: what global configuration says, else 60)."
+    )
+    timestamping_batch_records: int = option(10000, help="Also timestamp as soon as this many records wait.")
+    grace_seconds: int = option(4 * 3600, help="Refuse traffic once records waited this long for a timestamp.")
+    archive_dir: str = option("messagelog-archive", help="Where archive files are written.")
+
+    def __post_init__(self) -> None:
+        if self.grace_seconds <= 0 or self.timestamping_batch_records <= 0:
+            raise ValueError("grace_seconds and timestamping_batch_records must be positive")
+
+    def database_url(self, state_dir: Path) -> str:
+        """The database URL with a relative SQLite path resolved against ``state_dir``."""
+        prefix = "sqlite:///"
+        if self.database.startswith(prefix) and not Path(self.database[len(prefix) :]).is_absolute():
+            return f"{prefix}{(state_dir / self.database[len(prefix) :]).resolve()}"
+        return self.database
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,7 @@ class ServerConfig:
     anchor: str = option("anchor.xml", help="Configuration anchor file received from the central server.")
     listen: Listeners = option(Listeners(), help="Listening sockets.")
     limits: Limits = option(Limits(), help="Size and time limits.")
+    message_log: MessageLogConfig = option(MessageLogConfig(), help="The message log (evidence of every message).")
     refresh_seconds: int | None = option(
         None, help="Override how often global configuration is downloaded (default: what it says itself)."
     )
