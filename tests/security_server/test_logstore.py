@@ -1,0 +1,272 @@
+"""The message log store (security_server.messagelog.store) on SQLite and on live PostgreSQL (``db_url``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import LoggingFailed
+from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
+from bridge.spool import Spool
+from security_server.messagelog import LogQuery
+from security_server.messagelog.store import SqlLogStore, normalise_time
+
+SERVER = "SERVER:AZ/GOV/1400057421/ss1"
+BANK = "SUBSYSTEM:AZ/COM/9900001111/loans"
+INSURER = "SUBSYSTEM:AZ/COM/9900002222/claims"
+POPULATION = "SERVICE:AZ/GOV/1400057421/population/getPerson"
+TAX = "SERVICE:AZ/GOV/1400057421/tax/getIncome"
+
+
+def make_record(i: int, **changes: object) -> LogRecord:
+    """An unsealed record ``i`` at 10:00:i (UTC) on 1 May 2024, with a signature and a decision."""
+    record = LogRecord(
+        at=f"2024-05-01T10:00:{i % 60:02d}.000000Z",
+        server=SERVER,
+        side="consumer",
+        direction="request",
+        request_id=f"req-{i}",
+        message_id=f"msg-{i}",
+        protocol="soap-4.0",
+        client=BANK,
+        service=POPULATION,
+        signature="c2lnbmF0dXJl",
+        decision={"allowed": True, "rule": "access-right 7"},
+        timings_ms={"sign": 1.5},
+    )
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def seal_all(records: Sequence[LogRecord], head: tuple[int, bytes] = (0, GENESIS_HASH)) -> list[LogRecord]:
+    """``records`` sealed in order, continuing ``head``."""
+    seq, prev = head
+    out = []
+    for record in records:
+        seq += 1
+        sealed = record.sealed(seq, prev)
+        prev = bytes.fromhex(sealed.hash)
+        out.append(sealed)
+    return out
+
+
+def part_with_body(data: bytes, name: str = "body") -> tuple[LogPart, dict[str, Spool]]:
+    """A stored part for ``data`` and the bodies mapping that carries it."""
+    spool = Spool.from_bytes(data)
+    digest = spool.digest.hex()
+    return LogPart(name, "text/xml", len(data), digest), {digest: spool}
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path) -> Iterator[SqlLogStore]:
+    s = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_append_then_read_back(store: SqlLogStore) -> None:
+    """Appended records read back identical, in order; the head is the last one; the chain verifies."""
+    assert store.head() == (0, GENESIS_HASH)
+    records = seal_all([make_record(i) for i in range(1, 4)])
+    store.append(records, {})
+    assert store.records(1, 3) == records
+    assert store.records(2, 2) == records[1:2]
+    assert store.head() == (3, bytes.fromhex(records[-1].hash))
+    assert verify_chain(store.records(1, 3)) == bytes.fromhex(records[-1].hash)
+
+
+def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_path: Path) -> None:
+    """A second store on the same database sees the records; the schema version is recorded once."""
+    first = SqlLogStore(db_url, tmp_path / "log")
+    records = seal_all([make_record(1)])
+    first.append(records, {})
+    first.close()
+    second = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        assert second.records(1, 1) == records
+        assert second._query("SELECT version FROM schema_version") == [(1,)]
+    finally:
+        second.close()
+
+
+@pytest.fixture
+def populated(store: SqlLogStore) -> list[LogRecord]:
+    """Six records differing in every field a query filters on."""
+    records = seal_all(
+        [
+            make_record(1, user_id="AZ1111111"),
+            make_record(2, client=INSURER, persons=("AZ1111111",)),
+            make_record(3, service=TAX, user_id="AZ2222222", persons=("AZ3333333",)),
+            make_record(4, request_id="req-1", direction="response", message_id="msg-4"),
+            make_record(5, client=INSURER, service=TAX, persons=("AZ1111111", "AZ1111111")),
+            make_record(6),
+        ]
+    )
+    store.append(records, {})
+    return records
+
+
+def seqs(records: Sequence[LogRecord]) -> list[int]:
+    return [r.seq for r in records]
+
+
+def test_find_by_each_filter(store: SqlLogStore, populated: list[LogRecord]) -> None:
+    """Each LogQuery field narrows the result to exactly the matching records, in seq order."""
+    assert seqs(store.find(LogQuery(message_id="msg-4"))) == [4]
+    assert seqs(store.find(LogQuery(request_id="req-1"))) == [1, 4]
+    assert seqs(store.find(LogQuery(client=INSURER))) == [2, 5]
+    assert seqs(store.find(LogQuery(service=TAX))) == [3, 5]
+    assert seqs(store.find(LogQuery(client=INSURER, service=TAX))) == [5]
+    assert seqs(store.find(LogQuery())) == [1, 2, 3, 4, 5, 6]
+    assert store.find(LogQuery(message_id="no such message")) == []
+    assert store.find(LogQuery(message_id="msg-4")) == [populated[3]]
+
+
+def test_find_by_person_matches_user_id_and_declared_persons(store: SqlLogStore, populated: list[LogRecord]) -> None:
+    """A person query finds records naming the person as userId or as a declared person, each once."""
+    assert seqs(store.find(LogQuery(person="AZ1111111"))) == [1, 2, 5]
+    assert seqs(store.find(LogQuery(person="AZ2222222"))) == [3]
+    assert seqs(store.find(LogQuery(person="AZ3333333"))) == [3]
+    assert seqs(store.find(LogQuery(person="AZ1111111", client=INSURER))) == [2, 5]
+    assert store.find(LogQuery(person="AZ9999999")) == []
+
+
+def test_find_by_time_range(store: SqlLogStore, populated: list[LogRecord]) -> None:
+    """``since`` is inclusive, ``until`` exclusive, and any ISO 8601 spelling of a UTC instant works."""
+    assert seqs(store.find(LogQuery(since="2024-05-01T10:00:02Z", until="2024-05-01T10:00:05Z"))) == [2, 3, 4]
+    assert seqs(store.find(LogQuery(since="2024-05-01T14:00:05+04:00"))) == [5, 6]  # 10:00:05 UTC
+    assert seqs(store.find(LogQuery(until="2024-05-01T10:00:01.000001"))) == [1]  # naive: UTC
+    assert seqs(store.find(LogQuery(person="AZ1111111", since="2024-05-01T10:00:02Z"))) == [2, 5]
+    with pytest.raises(LoggingFailed):
+        store.find(LogQuery(since="yesterday"))
+
+
+def test_find_pages_by_seq(store: SqlLogStore, populated: list[LogRecord]) -> None:
+    """``limit`` caps a page and ``after_seq`` continues after the last seq seen, also for person queries."""
+    assert seqs(store.find(LogQuery(limit=4))) == [1, 2, 3, 4]
+    assert seqs(store.find(LogQuery(after_seq=4, limit=4))) == [5, 6]
+    assert seqs(store.find(LogQuery(after_seq=6, limit=4))) == []
+    assert seqs(store.find(LogQuery(person="AZ1111111", limit=2))) == [1, 2]
+    assert seqs(store.find(LogQuery(person="AZ1111111", after_seq=2, limit=2))) == [5]
+
+
+def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -> None:
+    """Stored parts read back byte for byte; the same body logged twice is one file; unknown digests give None."""
+    envelope = b"<Envelope>" + os.urandom(3000) + b"</Envelope>"
+    part, bodies = part_with_body(envelope)
+    attachment_part, attachment = part_with_body(b"%PDF-1.7 attachment", "attachment")
+    records = seal_all(
+        [make_record(1, parts=(part, attachment_part)), make_record(2, parts=(part,))],
+    )
+    store.append(records[:1], {**bodies, **attachment})
+    store.append(records[1:], bodies)  # the same envelope again
+    assert store.body(part.sha512) == envelope
+    assert store.body(attachment_part.sha512) == b"%PDF-1.7 attachment"
+    assert store.body("0" * 128) is None
+    assert store.body("not a digest") is None
+    expected = tmp_path / "log" / "bodies" / part.sha512[:2] / part.sha512[2:4] / part.sha512
+    assert expected.read_bytes() == envelope
+    stored_files = sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
+    assert stored_files == sorted([part.sha512, attachment_part.sha512])
+
+
+def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
+    """A record whose part is marked stored but whose body was neither given nor stored before is not logged."""
+    part, _ = part_with_body(b"never given")
+    with pytest.raises(LoggingFailed):
+        store.append(seal_all([make_record(1, parts=(part,))]), {})
+    assert store.head() == (0, GENESIS_HASH)
+    metadata_only = dataclasses.replace(part, stored=False)
+    store.append(seal_all([make_record(1, parts=(metadata_only,))]), {})
+    assert store.head()[0] == 1
+    assert store.body(part.sha512) is None
+
+
+def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
+    """A body whose bytes do not hash to its name is not stored (the name is the evidence)."""
+    part, _ = part_with_body(b"what the record says")
+    with pytest.raises(LoggingFailed):
+        store.append(seal_all([make_record(1, parts=(part,))]), {part.sha512: Spool.from_bytes(b"something else")})
+    assert store.body(part.sha512) is None
+    assert store.head() == (0, GENESIS_HASH)
+
+
+def test_append_refuses_records_that_do_not_continue_the_head(store: SqlLogStore) -> None:
+    """A gap, a repeat or a wrong prev_hash is refused and stores nothing."""
+    first = seal_all([make_record(1), make_record(2)])
+    store.append(first, {})
+    head = store.head()
+    gap = seal_all([make_record(4)], (3, head[1]))
+    repeat = seal_all([make_record(2)], (1, bytes.fromhex(first[0].hash)))
+    wrong_link = seal_all([make_record(3)], (2, bytes(32)))
+    not_consecutive = seal_all([make_record(3)], head) + seal_all([make_record(5)], (4, head[1]))
+    for records in (gap, repeat, wrong_link, not_consecutive):
+        with pytest.raises(LoggingFailed):
+            store.append(records, {})
+        assert store.head() == head
+    assert store.records(1, 10) == first
+
+
+def test_a_failed_transaction_stores_nothing(store: SqlLogStore) -> None:
+    """When the second record of a group violates a constraint, neither is stored, and the error shows no SQL."""
+    broken = make_record(2, request_id=None)  # NOT NULL column
+    records = seal_all([make_record(1, user_id="AZ1111111"), broken])
+    with pytest.raises(LoggingFailed) as info:
+        store.append(records, {})
+    assert "INSERT" not in str(info.value)
+    assert "log_records" not in str(info.value)
+    assert store.head() == (0, GENESIS_HASH)
+    assert store.records(1, 2) == []
+    assert store.find(LogQuery(person="AZ1111111")) == []
+    # The store is still usable: the same first record goes in now.
+    store.append(records[:1], {})
+    assert store.records(1, 2) == records[:1]
+
+
+def test_add_batch_assigns_exactly_its_records_and_refuses_double_stamping(store: SqlLogStore) -> None:
+    """A batch covers first..last once; overlap, repeats, gaps and ranges beyond the head are refused unchanged."""
+    records = seal_all([make_record(i) for i in range(1, 7)])
+    store.append(records, {})
+    assert [seq for seq, _, _ in store.unstamped(10)] == [1, 2, 3, 4, 5, 6]
+    assert store.oldest_unstamped_at() == records[0].at
+    root = bytes(range(32))
+    batch = store.add_batch(1, 3, root, b"token-1", "http://tsa.example/tsa", "2024-05-01T10:01:00.000000Z")
+    assert (batch.first_seq, batch.last_seq, batch.merkle_root, batch.token) == (1, 3, root, b"token-1")
+    assert [store.batch_of(s) for s in (1, 2, 3)] == [batch, batch, batch]
+    assert store.batch_of(4) is None
+    assert store.batch_of(99) is None
+    assert store.stamped_through() == 3
+    assert store.unstamped(2) == [
+        (4, bytes.fromhex(records[3].hash), records[3].at),
+        (5, bytes.fromhex(records[4].hash), records[4].at),
+    ]
+    assert store.oldest_unstamped_at() == records[3].at
+    for first, last in ((1, 3), (3, 4), (5, 6), (4, 9)):  # repeat, overlap, gap, beyond the head
+        with pytest.raises(LoggingFailed):
+            store.add_batch(first, last, root, b"token-x", "http://tsa.example/tsa", "2024-05-01T10:02:00Z")
+        assert store.stamped_through() == 3
+        assert store.batch_of(4) is None
+    second = store.add_batch(4, 6, root, b"token-2", "http://tsa.example/tsa", "2024-05-01T10:03:00.000000Z")
+    assert second.id != batch.id
+    assert [store.batch_of(s) for s in (4, 5, 6)] == [second, second, second]
+    assert store.unstamped(10) == []
+    assert store.oldest_unstamped_at() is None
+
+
+def test_normalise_time_orders_like_time() -> None:
+    """Every spelling of an instant normalises to the same text, and text order is time order."""
+    assert normalise_time("2024-05-01T10:00:00Z") == "2024-05-01T10:00:00.000000Z"
+    assert normalise_time("2024-05-01T14:00:00+04:00") == "2024-05-01T10:00:00.000000Z"
+    assert normalise_time("2024-05-01T10:00:00.5Z") < normalise_time("2024-05-01T10:00:01Z")
+
+
+def test_unsupported_urls_are_refused(tmp_path: Path) -> None:
+    """Only sqlite:/// file URLs and postgresql:// URLs open a store."""
+    for url in ("mysql://localhost/log", "sqlite:///:memory:", "sqlite://relative"):
+        with pytest.raises(LoggingFailed):
+            SqlLogStore(url, tmp_path)
