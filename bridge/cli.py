@@ -52,6 +52,7 @@ def read_pin(args: argparse.Namespace, *, confirm: bool = False) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     from catalog import cli as central_cli
+    from security_server import audit_cli
     from security_server import cli as ss_cli
 
     parser = argparse.ArgumentParser(prog="korpu", description="Körpü data exchange layer")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     central_cli.register(commands.add_parser("central", help="run and administer the central server"))
     ss_cli.register(commands.add_parser("ss", help="run and administer a security server"))
+    audit_cli.register(commands.add_parser("audit", help="query, export and verify message-log evidence"))
     demo = commands.add_parser("demo", help="run a whole federation on loopback and narrate it")
     demo.add_argument("--state", type=Path, default=None, help="state directory (default: a temporary one)")
     demo.set_defaults(handler=_demo)

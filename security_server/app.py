@@ -4,7 +4,9 @@ One :class:`~security_server.runtime.ServerRuntime` is shared by three kinds of 
 
 * the **client proxy** for local information systems: plain HTTP and/or HTTPS (X-Road's 8080/8443);
 * the **server proxy** for other security servers: HTTPS with mutual TLS on authentication certificates;
-* the **admin API** on loopback: ``/healthz`` and ``/api/v1/status`` (admin key).
+* the **admin API** on loopback: ``/healthz`` and ``/openapi.json`` (open), ``/api/v1/status`` (an ``observer``
+  or ``admin`` key) and the auditor's ``/api/v1/audit/…`` (:mod:`security_server.audit_api`); keys and roles are
+  :mod:`security_server.adminkeys`.
 
 Background tasks — global configuration refresh, registration follow-up, own OCSP responses — start and stop with
 the admin application's cleanup context; the HTTP client sessions with the runtime's.
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import ssl
 import uuid
@@ -27,9 +27,12 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from bridge.errors import InvalidApiKey, KorpuError, MissingApiKey, NotFound, render_json
+from bridge.errors import KorpuError, NotFound, render_json
 from bridge.fsutil import write_atomic
 from bridge.logsetup import get_logger
+from security_server.adminkeys import ADMIN_KEYS, LEGACY_KEY_FILE, AdminKeys, AdminRole, require
+from security_server.adminkeys import hash_secret as hash_admin_key
+from security_server.audit_api import add_audit_routes, add_openapi_route
 from security_server.clientproxy import client_proxy_app
 from security_server.config import Endpoint
 from security_server.registration import follow_registration
@@ -40,12 +43,8 @@ __all__ = ["ADMIN_KEY_FILE", "RunningServer", "create_admin_app", "hash_admin_ke
 
 log = get_logger(__name__)
 
-ADMIN_KEY_FILE = "admin-api-key.sha256"
-
-
-def hash_admin_key(secret: str) -> str:
-    """The hex SHA-256 under which an admin API key is stored (the secret itself never is)."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+# The key `korpu ss init` makes; adminkeys treats it as key "init" with role admin, beside admin-keys.json.
+ADMIN_KEY_FILE = LEGACY_KEY_FILE
 
 
 def status_report(runtime: ServerRuntime) -> dict[str, Any]:
@@ -114,19 +113,6 @@ def _error_response(exc: KorpuError) -> web.Response:
     )
 
 
-def _require_admin(request: web.Request) -> None:
-    runtime = request.app[RUNTIME]
-    secret = request.headers.get("X-API-Key")
-    if secret is None:
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            secret = auth[len("Bearer ") :]
-    if not secret:
-        raise MissingApiKey("this endpoint needs the admin API key (X-API-Key header)")
-    if not hmac.compare_digest(hash_admin_key(secret), runtime.admin_key_hash):
-        raise InvalidApiKey("the API key is not valid for this security server")
-
-
 async def healthz(request: web.Request) -> web.Response:
     """Readiness: 200 while global configuration is valid, else the fault that traffic would get."""
     runtime = request.app[RUNTIME]
@@ -137,7 +123,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """Operator status: registration, certificates, OCSP, global configuration, peers, services."""
-    _require_admin(request)
+    # Observers (monitoring) and admins; not auditors, whose keys open the message log and nothing else.
+    require(request, AdminRole.OBSERVER)
     return web.json_response(status_report(request.app[RUNTIME]))
 
 
@@ -145,8 +132,11 @@ def create_admin_app(runtime: ServerRuntime) -> web.Application:
     """The admin API application; global configuration and registration follow-up run with it."""
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
     app[RUNTIME] = runtime
+    app[ADMIN_KEYS] = AdminKeys(runtime.state_dir, legacy_hash=runtime.admin_key_hash)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", status)
+    add_audit_routes(app, runtime)
+    add_openapi_route(app)
     app.cleanup_ctx.append(_background)
     return app
 
@@ -183,8 +173,9 @@ class RunningServer:
     urls: dict[str, str]
 
     async def stop(self) -> None:
-        """Stop every listener (background tasks end with them)."""
-        for runner in reversed(self.runners):
+        """Stop every listener (background tasks end with them); calling it again does nothing."""
+        runners, self.runners = self.runners, []
+        for runner in reversed(runners):
             await runner.cleanup()
 
 

@@ -28,6 +28,7 @@ from bridge.pki.csr import make_csr
 from bridge.pki.keys import KeyAlgorithm
 from bridge.pki.profile import auth_cert_subject, sign_cert_subject
 from bridge.pki.token import SoftwareToken
+from security_server.adminkeys import register_api_key_commands
 from security_server.app import ADMIN_KEY_FILE, hash_admin_key, start_server
 from security_server.confclient import GlobalConfClient
 from security_server.config import (
@@ -73,6 +74,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--pin-file", type=Path, help="with a PIN, approved certificates are installed")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_cmd_status)
+
+    register_api_key_commands(sub)
 
 
 def _pem(csr: x509.CertificateSigningRequest) -> str:

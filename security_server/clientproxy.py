@@ -5,12 +5,15 @@ Routes (as X-Road's client proxy): ``POST /`` SOAP; ``/r1/{serviceId}[/path]`` R
 
 1. ``ParseRequest``      the protocol's header fields (body not yet read)
 2. ``CheckGlobalConf``   a valid global configuration (``OutdatedGlobalConf`` once expired)
-3. ``AuthenticateClient`` the client subsystem is registered here and connected the way its settings allow
-4. ``ReadBody``          the body into spools, hashing as it arrives
-5. ``ResolveProvider``   the provider's security servers from global configuration
-6. ``SignRequest``       one signature over the digests of all parts; OCSP staples for our certificates
-7. ``Forward``           mutual TLS to the first reachable provider server; failover only before sending
-8. ``VerifyResponse``    the provider's TLS certificate and signature, their OCSP staples, the request hash
+3. ``CheckLog``          the message log can take records (``TimestampingFailed`` once overdue)
+4. ``AuthenticateClient`` the client subsystem is registered here and connected the way its settings allow
+5. ``ReadBody``          the body into spools, hashing as it arrives
+6. ``ResolveProvider``   the provider's security servers from global configuration
+7. ``SignRequest``       one signature over the digests of all parts; OCSP staples for our certificates
+8. ``LogRequest``        the signed request's record, durable before a byte is sent (``LoggingFailed``)
+9. ``Forward``           mutual TLS to the first reachable provider server; failover only before sending
+10. ``VerifyResponse``   the provider's TLS certificate and signature, their OCSP staples, the request hash
+11. ``LogResponse``      the verified response's record, durable before the information system gets it
 
 and the answer goes back in the protocol's response shape (or as its fault shape).
 """
@@ -45,6 +48,7 @@ from bridge.message import Protocol
 from bridge.spool import Spool
 from bridge.transport import Manifest, iter_message, message_headers, parse_message_headers, read_message
 from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
+from security_server.logstages import CheckLog, LogRequest, LogResponse, log_failure
 from security_server.peers import PinningConnector, fault_from_peer, send_to_first
 from security_server.runtime import AUTH, ServerRuntime, utcnow
 
@@ -53,6 +57,7 @@ __all__ = ["UnknownMember", "client_proxy_app", "client_stages"]
 log = get_logger(__name__)
 
 ORIGIN = "Server.ClientProxy"
+SIDE = "consumer"
 EXCHANGE_PATH = "/korpu/v1/exchange"
 _RAW_PEER = "peer_cert_der"
 
@@ -370,12 +375,15 @@ def client_stages(runtime: ServerRuntime) -> list[Stage]:
     return [
         ParseRequest(runtime),
         CheckGlobalConf(runtime),
+        CheckLog(runtime),
         AuthenticateClient(runtime),
         ReadBody(runtime),
         ResolveProvider(runtime),
         SignRequest(runtime),
+        LogRequest(runtime, SIDE),
         Forward(runtime),
         VerifyResponse(runtime),
+        LogResponse(runtime, SIDE),
     ]
 
 
@@ -450,6 +458,7 @@ async def _exchange(request: web.Request, protocol: Protocol) -> web.StreamRespo
     try:
         await run_stages(request.app[STAGES], ex)
         if ex.fault is not None:
+            await log_failure(ex, runtime, SIDE)
             return _fault_response(ex, protocol)
         try:
             return await _respond(request, ex)
@@ -459,7 +468,6 @@ async def _exchange(request: web.Request, protocol: Protocol) -> web.StreamRespo
     finally:
         ex.mark("response_out")
         ex.close()
-        del runtime  # keeps the name for debuggers; the runtime outlives the exchange
 
 
 async def soap_handler(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ configuration (TLS contexts, rights indexes) are keyed by its version and rebuil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ssl
 from collections.abc import AsyncIterator
@@ -36,6 +37,9 @@ from security_server.backends import AdapterBackend, Backend, HttpBackend
 from security_server.certcheck import CertificateChecker, PeerBinding
 from security_server.confclient import GlobalConfClient
 from security_server.config import AccessRule, ServerConfig, ServiceConfig
+from security_server.messagelog.store import SqlLogStore
+from security_server.messagelog.timestamper import Timestamper
+from security_server.messagelog.writer import MessageLog
 from security_server.ocsp_cache import OwnOcspResponses
 from security_server.peers import PinningConnector, Router
 from security_server.registration import RegistrationState
@@ -91,12 +95,37 @@ class ServerRuntime:
     services: dict[tuple[SubsystemId, str, str | None], ProvidedService] = field(default_factory=dict)
     peer_session: aiohttp.ClientSession | None = None
     backend_session: aiohttp.ClientSession | None = None
+    log_store: SqlLogStore = field(init=False)
+    message_log: MessageLog = field(init=False)
+    timestamper: Timestamper = field(init=False)
     _is_certs: dict[str, frozenset[bytes]] = field(default_factory=dict)
     _credentials: Credentials | None = None
     _credentials_key: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.checker = CertificateChecker(self.conf)
+        # The message log is never optional: a security server without one does not carry messages.
+        settings = self.config.message_log
+        self.log_store = SqlLogStore(settings.database_url(self.state_dir), self.state_dir / settings.bodies)
+        interval = settings.timestamping_interval_seconds
+        self.timestamper = Timestamper(
+            self.log_store,
+            self._tsas,
+            interval_s=float(interval) if interval is not None else self._conf_timestamping_interval(),
+            size_trigger=settings.timestamping_batch_records,
+            grace_s=float(settings.grace_seconds),
+        )
+        self.message_log = MessageLog(self.log_store, server_id=self.config.server_id, timestamper=self.timestamper)
+
+    def _tsas(self) -> list[tuple[str, x509.Certificate]]:
+        """The timestamp authorities global configuration names, with their certificates."""
+        return [(t.url, x509.load_der_x509_certificate(t.cert)) for t in self.conf().tsas]
+
+    def _conf_timestamping_interval(self) -> float:
+        try:
+            return float(self.conf().params.timestamping_interval_s)
+        except KorpuError:
+            return 60.0
 
     # Building --------------------------------------------------------------------------------------------------
 
@@ -258,9 +287,16 @@ class ServerRuntime:
         self.peer_session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.backend_session = aiohttp.ClientSession(auto_decompress=False)
         self.load_services()
+        await self.message_log.start()
+        stamping = asyncio.create_task(self.timestamper.run(), name="messagelog-timestamper")
         try:
             yield
         finally:
+            stamping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stamping
+            await self.message_log.stop()
+            await asyncio.to_thread(self.log_store.close)
             await self.peer_session.close()
             await self.backend_session.close()
             if self._credentials is not None and self._credentials.ocsp_task is not None:

@@ -32,6 +32,7 @@ from security_server.config import (
     ClientConfig,
     Endpoint,
     Listeners,
+    PersonField,
     ServiceConfig,
     load_server_config,
 )
@@ -62,6 +63,7 @@ class ServiceSpec:
     title: str = ""
     grants: tuple[tuple[str, str | None, str | None], ...] = ()
     description: bytes | None = None
+    person_fields: tuple[PersonField, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def _service_config(spec: ServiceSpec, state_dir: Path) -> ServiceConfig:
         url=spec.url,
         adapter=spec.adapter if spec.url is None else None,
         description=description,
+        person_fields=spec.person_fields,
     )
 
 

@@ -3,17 +3,21 @@
 ``POST /korpu/v1/exchange`` over mutual TLS (docs/protocol.md).  An exchange runs :func:`server_stages` in order:
 
 1. ``CheckGlobalConf``   a valid global configuration
-2. ``IdentifyPeer``      the TLS client certificate is a registered security server's (hash binding)
-3. ``ReadMessage``       manifest and parts into spools, hashing as they arrive
-4. ``VerifyPeerCert``    the peer's authentication certificate: approved CA, good per its stapled OCSP response
-5. ``VerifySignature``   the signature over exactly the parts received; the signer's certificate and OCSP
-6. ``ParseMessage``      the SOAP envelope or REST descriptor, now that it is known to be authentic
-7. ``BindClient``        the signer is the client's member, and the peer server hosts that client
-8. ``Authorize``         the service is provided here, and the policy engine allows the client (deny by default)
-9. ``CallService``       the backend (or a metaservice), with its timeout
-10. ``SignResponse``     the response parts, bound to the request by its hash, signed and stapled
+2. ``CheckLog``          the message log can take records
+3. ``IdentifyPeer``      the TLS client certificate is a registered security server's (hash binding)
+4. ``ReadMessage``       manifest and parts into spools, hashing as they arrive
+5. ``VerifyPeerCert``    the peer's authentication certificate: approved CA, good per its stapled OCSP response
+6. ``VerifySignature``   the signature over exactly the parts received, fresh and new; the signer's certificate
+7. ``ParseMessage``      the SOAP envelope or REST descriptor, now that it is known to be authentic
+8. ``BindClient``        the signer is the client's member, and the peer server hosts that client
+9. ``Authorize``         the service is provided here; the policy engine's decision (deny by default)
+10. ``LogRequest``       the verified request and the decision, durable before anything acts on it
+11. ``Enforce``          a denied request ends here (its attempt is in the log)
+12. ``CallService``      the backend (or a metaservice), with its timeout
+13. ``SignResponse``     the response parts, bound to the request by its hash, signed and stapled
+14. ``LogResponse``      the signed response, durable before it is sent
 
-Nothing acts on the message before step 5 has verified it.  Faults go back unsigned as X-Road's JSON error with
+Nothing acts on the message before step 6 has verified it.  Faults go back unsigned as X-Road's JSON error with
 ``X-Road-Error``; the consumer's security server relays them with their ``Server.ServerProxy`` origin.
 """
 
@@ -36,6 +40,7 @@ from policies import decide
 from policies.engine import allowed_services
 from security_server.backends import BackendRequest, BackendResponse, ServiceFailed
 from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
+from security_server.logstages import CheckLog, LogRequest, LogResponse, log_failure
 from security_server.runtime import AUTH, ServerRuntime, utcnow
 from security_server.tls import peer_certificate
 
@@ -44,6 +49,7 @@ __all__ = ["UnknownService", "server_proxy_app", "server_stages"]
 log = get_logger(__name__)
 
 ORIGIN = "Server.ServerProxy"
+SIDE = "provider"
 SOAP_META = frozenset({"listMethods", "allowedMethods", "getWsdl"})
 REST_META = frozenset({"listMethods", "allowedMethods", "getOpenAPI"})
 
@@ -102,6 +108,8 @@ class ReadMessage:
             max_part_bytes=cap,
         )
         ex.extra["manifest"] = manifest
+        # The consumer's id for this exchange (signed through the index part): both logs record it.
+        ex.extra["request_id"] = manifest.meta.get("requestId") or ex.correlation_id
         ex.request_parts = spools
         ex.request_signature = manifest.signature
         ex.request_ocsp = manifest.ocsp
@@ -216,8 +224,22 @@ class Authorize:
         )
         ex.decision = decision
         if not decision.allowed:
-            log.info("access denied", reason=decision.reason, rule=decision.rule, correlation_id=ex.correlation_id)
-            raise AccessDenied(f"Request is not allowed: {service.encoded()}")
+            # Logged first (LogRequest), then refused (Enforce): a denied attempt is evidence too.
+            ex.extra["denied"] = AccessDenied(f"Request is not allowed: {service.encoded()}")
+
+
+class Enforce:
+    """End the exchange if the access decision was a denial (after the attempt was logged)."""
+
+    def __init__(self, runtime: ServerRuntime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, ex: Exchange) -> None:
+        denied: KorpuError | None = ex.extra.get("denied")
+        if denied is not None:
+            decision = ex.decision
+            log.info("access denied", rule=getattr(decision, "rule", None), correlation_id=ex.correlation_id)
+            raise denied
 
 
 class CallService:
@@ -370,6 +392,7 @@ def server_stages(runtime: ServerRuntime) -> list[Stage]:
     """The server proxy's side of an exchange, in order."""
     return [
         CheckGlobalConf(runtime),
+        CheckLog(runtime),
         IdentifyPeer(runtime),
         ReadMessage(runtime),
         VerifyPeerCert(runtime),
@@ -377,8 +400,11 @@ def server_stages(runtime: ServerRuntime) -> list[Stage]:
         ParseMessage(runtime),
         BindClient(runtime),
         Authorize(runtime),
+        LogRequest(runtime, SIDE),
+        Enforce(runtime),
         CallService(runtime),
         SignResponse(runtime),
+        LogResponse(runtime, SIDE),
     ]
 
 
@@ -403,6 +429,7 @@ async def exchange_handler(request: web.Request) -> web.StreamResponse:
     try:
         await run_stages(request.app[STAGES], ex)
         if ex.fault is not None:
+            await log_failure(ex, request.app[RUNTIME], SIDE)
             return _fault_response(ex)
         assert ex.response_signature is not None
         infos, meta = ex.extra["response_manifest"]

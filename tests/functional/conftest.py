@@ -16,6 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from adapters.testservice import wsdl as test_service_wsdl
+from security_server.config import PersonField
 from security_server.sandbox import AgencySpec, Federation, ServiceSpec, free_port, start_federation
 
 BANK_CLIENT = "SUBSYSTEM:AZ/COM/9900001111/loans"
@@ -66,7 +67,14 @@ def agencies(stream_url: str) -> tuple[AgencySpec, ...]:
             "Ministry of Digital Development",
             clients=("population",),
             services=(
-                ServiceSpec("population", "hello", grants=((BANK_CLIENT, None, None),), description=HELLO_OPENAPI),
+                ServiceSpec(
+                    "population",
+                    "hello",
+                    grants=((BANK_CLIENT, None, None),),
+                    description=HELLO_OPENAPI,
+                    # The greeting's ?name= stands in for a person identifier: "who asked about X".
+                    person_fields=(PersonField("query", "name"),),
+                ),
                 ServiceSpec("population", "echo", grants=((BANK_CLIENT, "POST", "/echo"),)),
                 ServiceSpec(
                     "population",
