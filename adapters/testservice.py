@@ -92,4 +92,4 @@ class TestService:
         return AdapterResponse(200, data, "text/xml; charset=UTF-8")
 
 
-register("test-service", TestService)
+register("test-service", lambda _context: TestService())

@@ -105,6 +105,10 @@ def _coerce(value: Any, hint: Any, *, source: str, key: str) -> Any:
             return _coerce(value, non_none[0], source=source, key=key)
     if dataclasses.is_dataclass(hint):
         return from_mapping(value, typing.cast(type, hint), source=source, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{source}: {key}: expected a mapping of strings to strings")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key}: expected a list")

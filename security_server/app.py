@@ -231,6 +231,7 @@ async def start_server(runtime: ServerRuntime, state_dir: Path) -> RunningServer
             runner, port = await _listen(client_proxy_app(runtime), listen.client_http, None, **header_caps)
             runners.append(runner)
             urls["client_http"] = f"http://{listen.client_http.host}:{port}"
+            runtime.client_proxy_url = urls["client_http"]
         if listen.client_https is not None:
             context = runtime.internal_tls_context()
             runner, port = await _listen(client_proxy_app(runtime), listen.client_https, context, **header_caps)

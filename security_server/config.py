@@ -95,6 +95,7 @@ class ServiceConfig:
         "full", help="full: the message log keeps every part's bytes; metadata: only their digests and sizes."
     )
     person_fields: tuple[PersonField, ...] = option((), help="Where requests carry person identifiers.")
+    options: dict[str, str] | None = option(None, help="Options for the adapter (adapter-specific).")
 
     def __post_init__(self) -> None:
         check_code(self.subsystem, "services.subsystem")

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import adapters.testservice  # noqa: F401 - registers the built-in test service adapter
+from adapters.base import Adapter, AdapterContext, DescribedAdapter
 from adapters.base import create as create_adapter
 from bridge.anchor import ConfigurationAnchor
 from bridge.errors import ConfigError, KorpuError, TokenError
@@ -34,6 +35,7 @@ from bridge.pki.token import SoftwareToken
 from bridge.signature import MessageSigner
 from policies.local import LocalPolicy
 from security_server.backends import AdapterBackend, Backend, HttpBackend
+from security_server.bus import LocalBus
 from security_server.certcheck import CertificateChecker, PeerBinding
 from security_server.confclient import GlobalConfClient
 from security_server.config import AccessRule, ServerConfig, ServiceConfig
@@ -99,6 +101,10 @@ class ServerRuntime:
     message_log: MessageLog = field(init=False)
     timestamper: Timestamper = field(init=False)
     _is_certs: dict[str, frozenset[bytes]] = field(default_factory=dict)
+    _adapters: dict[tuple[str, tuple[tuple[str, str], ...]], Adapter] = field(default_factory=dict)
+    _buses: list[LocalBus] = field(default_factory=list)
+    #: The plain-HTTP client proxy's URL once it listens (adapters call the bus through it).
+    client_proxy_url: str | None = None
     _credentials: Credentials | None = None
     _credentials_key: tuple[int, int] | None = None
 
@@ -191,17 +197,19 @@ class ServerRuntime:
         return creds
 
     def load_services(self) -> None:
-        """Build the backends of the services in server.yaml."""
+        """Build the backends of the services in server.yaml (descriptions from files or from the adapter)."""
         assert self.backend_session is not None
         owner = self.config.id.owner
         for svc in self.config.services:
             service_id = ServiceId(owner.subsystem(svc.subsystem), svc.code, svc.version)
             backend: Backend
+            adapter: Adapter | None = None
             if svc.url is not None:
                 backend = HttpBackend(svc.url, self.backend_session, svc.timeout_seconds)
             else:
                 assert svc.adapter is not None
-                backend = AdapterBackend(create_adapter(svc.adapter), svc.timeout_seconds)
+                adapter = self._adapter(svc.adapter, svc.options or {})
+                backend = AdapterBackend(adapter, svc.timeout_seconds)
             description = None
             if svc.description is not None:
                 path = self.state_dir / svc.description
@@ -209,9 +217,27 @@ class ServerRuntime:
                     description = path.read_bytes()
                 except OSError as exc:
                     raise ConfigError(f"{path}: cannot read the description of {svc.code} ({exc.strerror})") from None
+            elif isinstance(adapter, DescribedAdapter):
+                described = {d.code: d for d in adapter.describe()}
+                if svc.code in described:
+                    description = described[svc.code].document
             self.services[(service_id.provider, svc.code, svc.version)] = ProvidedService(
                 service_id, svc, backend, description
             )
+
+    def _adapter(self, name: str, options: dict[str, str]) -> Adapter:
+        """One adapter instance per name and options, shared by the services that use it."""
+        key = (name, tuple(sorted(options.items())))
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            bus = None
+            if "bus_client" in options:
+                client = self.config.id.owner.subsystem(options["bus_client"]).path()
+                bus = LocalBus(client, lambda: self.client_proxy_url)
+                self._buses.append(bus)
+            adapter = create_adapter(name, AdapterContext(options=options, state_dir=self.state_dir, bus=bus))
+            self._adapters[key] = adapter
+        return adapter
 
     def service(self, service_id: ServiceId) -> ProvidedService | None:
         """The provided service matching ``service_id`` (exact version, else the version-less entry)."""
@@ -297,6 +323,12 @@ class ServerRuntime:
                 await stamping
             await self.message_log.stop()
             await asyncio.to_thread(self.log_store.close)
+            for bus in self._buses:
+                await bus.close()
+            for adapter in self._adapters.values():
+                closer = getattr(adapter, "close", None)
+                if closer is not None:
+                    await closer()
             await self.peer_session.close()
             await self.backend_session.close()
             if self._credentials is not None and self._credentials.ocsp_task is not None:
