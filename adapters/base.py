@@ -68,6 +68,7 @@ class AdapterRequest:
     body: bytes
     content_type: str | None = None
     attachments: tuple[tuple[str | None, str, bytes], ...] = ()
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

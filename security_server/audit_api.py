@@ -84,6 +84,8 @@ OPENAPI_FILE = "ss-admin.openapi.yaml"
 EVIDENCE_CONTENT_TYPE = "application/vnd.etsi.asic-e+zip"
 #: ``service`` of the audit record a person query writes.
 PERSON_QUERY_SERVICE = "audit:person-query"
+RECORDS_QUERY_SERVICE = "audit:records-query"
+EXPORT_SERVICE = "audit:evidence-export"
 #: ``side`` and ``protocol`` of audit records: neither proxy carried the query, the admin API's JSON did.
 AUDIT_SIDE = "admin"
 AUDIT_PROTOCOL = "REST"
@@ -234,9 +236,9 @@ async def list_records(request: web.Request) -> web.Response:
     key = require(request, AdminRole.AUDITOR)
     query, issue = parse_query(request.query)
     source = request.config_dict[AUDIT_SOURCE]
-    # (1) A person query leaves its trace first; if it cannot, it does not run.
-    if query.person is not None:
-        await _log_person_query(source, key, query, issue)
+    # (1) Every query leaves its trace first (records carry personal data even without person=); if it cannot,
+    #     it does not run.  Person queries are marked as such, with the person, for "who looked at X".
+    await _log_query(source, key, query, issue)
     # (2) One more than asked tells whether another page exists, so `next` is null exactly on the last page.
     store = source.log_store
     records = await asyncio.to_thread(store.find, dataclasses.replace(query, limit=query.limit + 1))
@@ -246,15 +248,28 @@ async def list_records(request: web.Request) -> web.Response:
     return _json(body)
 
 
-async def _log_person_query(source: AuditSource, key: AdminKey, query: LogQuery, issue: str | None) -> None:
-    """Append the audit record of a person query; raise the log's fault if that fails (fail closed)."""
-    assert query.person is not None
-    request_id = str(uuid.uuid4())
+async def _log_query(source: AuditSource, key: AdminKey, query: LogQuery, issue: str | None) -> None:
+    """Append the audit record of a query; raise the log's fault if that fails (fail closed)."""
     filters = {
         name: value
         for name, value in dataclasses.asdict(query).items()
         if name not in ("person", "after_seq", "limit") and value is not None
     }
+    service = PERSON_QUERY_SERVICE if query.person is not None else RECORDS_QUERY_SERVICE
+    persons = (query.person,) if query.person is not None else ()
+    await _log_audit(source, key, service, persons, {"filters": filters}, issue)
+
+
+async def _log_audit(
+    source: AuditSource,
+    key: AdminKey,
+    service: str,
+    persons: tuple[str, ...],
+    details: dict[str, Any],
+    issue: str | None,
+) -> None:
+    """Append an audit record (who, what, about whom); raise the log's fault if that fails (fail closed)."""
+    request_id = str(uuid.uuid4())
     record = LogRecord(
         at=utc_now_text(),
         server=source.config.server_id,
@@ -264,14 +279,14 @@ async def _log_person_query(source: AuditSource, key: AdminKey, query: LogQuery,
         message_id=request_id,
         protocol=AUDIT_PROTOCOL,
         client=f"auditor:{key.key_id}",
-        service=PERSON_QUERY_SERVICE,
+        service=service,
         outcome="ok",
         # Not the key's label as user_id: the store indexes user_id as a person, and a label is not one.
         user_id=None,
         issue=issue,
-        persons=(query.person,),
-        # What was authorised: the key, the role it was granted under and the rest of the query (time range…).
-        decision={"granted": str(AdminRole.AUDITOR), "key_label": key.label, "filters": filters},
+        persons=persons,
+        # What was authorised: the key, the role it was granted under, and what was asked.
+        decision={"granted": str(AdminRole.AUDITOR), "key_label": key.label, **details},
     )
     try:
         await source.message_log.append(record, {})
@@ -279,8 +294,8 @@ async def _log_person_query(source: AuditSource, key: AdminKey, query: LogQuery,
         raise
     except Exception as exc:
         # Any failure of the log denies the query; the cause goes to the diagnostic log, not to the caller.
-        log.error("person query not logged", error_type=type(exc).__name__, auditor=key.key_id)
-        raise LoggingFailed("the person query could not be logged, so it was not run") from None
+        log.error("audit access not logged", error_type=type(exc).__name__, auditor=key.key_id)
+        raise LoggingFailed("the audit access could not be logged, so it was not carried out") from None
 
 
 async def exchange_evidence(request: web.Request) -> web.StreamResponse:
@@ -293,17 +308,23 @@ async def exchange_evidence(request: web.Request) -> web.StreamResponse:
     # else the admin API does, and is heavy to import.
     from security_server.messagelog.archive import export_exchange
 
-    require(request, AdminRole.AUDITOR)
+    key = require(request, AdminRole.AUDITOR)
     request_id = _text("request_id", request.match_info["request_id"])
-    unknown = sorted(set(request.query) - {"side"})
+    unknown = sorted(set(request.query) - {"side", "seq"})
     if unknown:
-        raise InvalidRequest(f"unknown query parameter {unknown[0][:40]!r}; known: side")
+        raise InvalidRequest(f"unknown query parameter {unknown[0][:40]!r}; known: side, seq")
     side = request.query.get("side")
     if side is not None and (side not in _SIDES or len(request.query.getall("side")) != 1):
         raise InvalidRequest(f"side must be one of {', '.join(_SIDES)}")
+    seq_text = request.query.get("seq")
+    if seq_text is not None and (not seq_text.isdigit() or len(seq_text) > 18):
+        raise InvalidRequest("seq must be a record number")
+    seq = int(seq_text) if seq_text is not None else None
     source = request.config_dict[AUDIT_SOURCE]
     certs = evidence_certificates(source.conf())
-    data = await asyncio.to_thread(export_exchange, source.log_store, request_id, certs, side=side)
+    # An export hands out message bodies: it is logged first, like a query.
+    await _log_audit(source, key, EXPORT_SERVICE, (), {"request_id": request_id, "side": side, "seq": seq}, None)
+    data = await asyncio.to_thread(export_exchange, source.log_store, request_id, certs, side=side, seq=seq)
     name = f"exchange-{request_id}.asice" if _SAFE_NAME.fullmatch(request_id) else "exchange.asice"
     return web.Response(
         body=data,

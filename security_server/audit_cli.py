@@ -3,7 +3,8 @@
 * ``korpu audit export --dir SS_DIR --request-id ID --out FILE`` writes the evidence container of one exchange;
 * ``korpu audit verify FILE [FILE…]`` verifies evidence containers and archives offline (``--ca`` names the
   trust root); ``korpu audit verify --log SS_DIR`` verifies a server's whole live log;
-* ``korpu audit query --dir SS_DIR [filters] [--json]`` lists matching records.
+* ``korpu audit query --dir SS_DIR [filters] [--json]`` lists matching records;
+* ``korpu audit archive --dir SS_DIR [--older-than-days N] [--no-delete]`` runs one archiving rotation now.
 
 None of them needs the token PIN: the message log and global configuration are read, never the keys.  Exit
 status 0 with a summary, or 1 with the failing record (or archive) and the numbered check.
@@ -30,7 +31,7 @@ from bridge.errors import ConfigError, LogVerificationFailed
 from bridge.evidence import EvidenceCerts, verify_container
 from security_server.config import load_server_config
 from security_server.messagelog import LogQuery, LogStore
-from security_server.messagelog.archive import export_exchange, verify_archives, verify_log
+from security_server.messagelog.archive import export_exchange, rotate, verify_archives, verify_log
 
 __all__ = ["load_certs", "open_log_store", "register"]
 
@@ -46,6 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--request-id", required=True, help="the exchange's request id")
     export.add_argument("--out", type=Path, required=True, help="container file to write")
     export.add_argument("--side", choices=["consumer", "provider"], help="only if the server logged both sides")
+    export.add_argument("--seq", type=int, help="the request record, if the request id was logged more than once")
     export.set_defaults(handler=_cmd_export)
 
     verify = sub.add_parser("verify", help="verify evidence containers or archives offline, or a live log")
@@ -70,6 +72,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--limit", type=int, default=100, help=f"at most this many records (max {_MAX_QUERY})")
     query.add_argument("--json", action="store_true", help="one JSON record per line")
     query.set_defaults(handler=_cmd_query)
+
+    archive = sub.add_parser("archive", help="archive old timestamped batches now (and delete them from the log)")
+    archive.add_argument("--dir", type=Path, required=True, help="security server state directory")
+    archive.add_argument(
+        "--older-than-days",
+        type=int,
+        help="archive batches whose last record is older than this (default: message_log.archive_after_days)",
+    )
+    archive.add_argument("--no-delete", action="store_true", help="keep the archived records in the live log")
+    archive.set_defaults(handler=_cmd_archive)
 
 
 # Opening a server's log -----------------------------------------------------------------------------------------
@@ -136,7 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     certs = load_certs(args.dir)
     store = open_log_store(args.dir)
     try:
-        data = export_exchange(store, args.request_id, certs, side=args.side)
+        data = export_exchange(store, args.request_id, certs, side=args.side, seq=args.seq)
     finally:
         store.close()
     args.out.write_bytes(data)
@@ -241,4 +253,31 @@ def _cmd_query(args: argparse.Namespace) -> int:
             )
     if not args.json:
         print(f"{len(records)} record(s)" + (f"; next page: --after-seq {records[-1].seq}" if records else ""))
+    return 0
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from security_server.messagelog.archiver import archive_lock, archive_range
+
+    settings = load_server_config(args.dir).message_log
+    days = args.older_than_days if args.older_than_days is not None else settings.archive_after_days
+    if args.older_than_days is None and days == 0:
+        raise ConfigError("automatic archiving is off (message_log.archive_after_days: 0): give --older-than-days")
+    if days < 0:
+        raise ConfigError("--older-than-days must not be negative")
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    certs = load_certs(args.dir)
+    archive_dir = args.dir / settings.archive_dir
+    store = open_log_store(args.dir)
+    try:
+        # The same lock as the running server's archiver: two rotations at once would fork the archive chain.
+        with archive_lock(archive_dir):
+            path = rotate(store, archive_dir, certs=certs, older_than=cutoff, delete=not args.no_delete)
+    finally:
+        store.close()
+    first, last = archive_range(path)
+    kept = "kept in" if args.no_delete else "deleted from"
+    print(f"wrote {path}: records {first}..{last} (older than {days} day(s)), {kept} the live log")
     return 0

@@ -171,6 +171,7 @@ class AdapterBackend:
             body=request.body.getvalue(),
             content_type=request.content_type,
             attachments=tuple((cid, ctype, data.getvalue()) for cid, ctype, data in request.attachments),
+            request_hash=request.request_hash,
         )
         try:
             answer = await asyncio.wait_for(self._adapter.handle(adapter_request), self._timeout_s)

@@ -47,7 +47,15 @@ from bridge.logsetup import get_logger
 from bridge.message import Protocol
 from bridge.spool import Spool
 from bridge.transport import Manifest, iter_message, message_headers, parse_message_headers, read_message
-from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
+from security_server.exchange import (
+    Exchange,
+    IdleTimeoutReader,
+    Stage,
+    part_infos,
+    run_stages,
+    sign_message,
+    verify_message,
+)
 from security_server.logstages import CheckLog, LogRequest, LogResponse, log_failure
 from security_server.peers import PinningConnector, fault_from_peer, send_to_first
 from security_server.runtime import AUTH, ServerRuntime, utcnow
@@ -110,14 +118,20 @@ class ParseRequest:
         else:
             if req.method != "POST":
                 raise MethodNotAllowed("SOAP requests must be POSTed")
-            cap = limits.max_soap_envelope_bytes + 64 * 1024 * 1024  # envelope plus attachments
-            body = await _read_capped(req, cap)
-            ex.soap = soap.parse_soap(
-                req.headers.get("Content-Type", ""),
-                body,
-                max_envelope_bytes=limits.max_soap_envelope_bytes,
-                max_depth=limits.max_xml_depth,
-            )
+            cap = limits.max_soap_envelope_bytes + limits.max_soap_attachments_bytes
+            if req.content_length is not None and req.content_length > cap:
+                raise PayloadTooLarge(f"the SOAP message is larger than {cap} bytes")
+            # SOAP is parsed in memory and the client is known only after parsing: bound how many such bodies
+            # are held at once, and how long each may stall.
+            async with self.runtime.soap_reads:
+                body = await _read_capped(req, cap, limits.body_idle_timeout_seconds)
+                ex.soap = soap.parse_soap(
+                    req.headers.get("Content-Type", ""),
+                    body,
+                    max_envelope_bytes=limits.max_soap_envelope_bytes,
+                    max_depth=limits.max_xml_depth,
+                    max_attachment_bytes=limits.max_soap_attachments_bytes,
+                )
             ex.header = ex.soap.header
 
 
@@ -172,8 +186,11 @@ class ReadBody:
             ex.request_content_types["message"] = "application/json"
             body = Spool(limits.memory_spool_bytes)
             ex.request_parts["body"] = body
+            reader = IdleTimeoutReader(
+                ctx.request.content, limits.body_idle_timeout_seconds, InvalidRequest, "the request body stalled"
+            )
             try:
-                async for chunk in ctx.request.content.iter_chunked(256 * 1024):
+                async for chunk in reader.chunks():
                     if limits.max_body_bytes is not None and body.size + len(chunk) > limits.max_body_bytes:
                         raise PayloadTooLarge(f"the body is larger than {limits.max_body_bytes} bytes")
                     await body.awrite(chunk)
@@ -394,10 +411,11 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-async def _read_capped(request: web.Request, cap: int) -> bytes:
+async def _read_capped(request: web.Request, cap: int, idle_s: float) -> bytes:
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(256 * 1024):
+    reader = IdleTimeoutReader(request.content, idle_s, InvalidRequest, "the request body stalled")
+    async for chunk in reader.chunks():
         size += len(chunk)
         if size > cap:
             raise PayloadTooLarge(f"the message is larger than {cap} bytes")

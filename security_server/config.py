@@ -142,10 +142,22 @@ class MessageLogConfig:
     timestamping_batch_records: int = option(10000, help="Also timestamp as soon as this many records wait.")
     grace_seconds: int = option(4 * 3600, help="Refuse traffic once records waited this long for a timestamp.")
     archive_dir: str = option("messagelog-archive", help="Where archive files are written.")
+    archive_after_days: int = option(
+        30, help="Archive timestamped records this old and delete them from the live log; 0 never does it by itself."
+    )
+    retention_days: int = option(
+        365, help="Delete archives whose newest record is older than this (never the newest archive)."
+    )
+    archive_interval_seconds: int = option(3600, help="How often the archiver checks for records and archives due.")
 
     def __post_init__(self) -> None:
         if self.grace_seconds <= 0 or self.timestamping_batch_records <= 0:
             raise ValueError("grace_seconds and timestamping_batch_records must be positive")
+        if self.archive_after_days < 0 or self.archive_interval_seconds <= 0:
+            raise ValueError("archive_after_days must not be negative and archive_interval_seconds must be positive")
+        if self.retention_days < max(self.archive_after_days, 1):
+            # Archives would be deleted as soon as they are written: surely not what the operator meant.
+            raise ValueError("retention_days must be at least 1 and at least archive_after_days")
 
     def database_url(self, state_dir: Path) -> str:
         """The database URL with a relative SQLite path resolved against ``state_dir``."""
@@ -175,7 +187,18 @@ class Limits:
     max_headers: int = option(100, help="Most HTTP headers accepted on one request.")
     max_soap_envelope_bytes: int = option(8 * 1024 * 1024, help="Largest SOAP envelope (attachments excluded).")
     max_xml_depth: int = option(100, help="Deepest XML nesting accepted.")
-    max_body_bytes: int | None = option(None, help="Largest message body; empty means no cap (bodies are spooled).")
+    max_body_bytes: int | None = option(
+        None, help="Largest REST body or message between servers; empty means no cap (bodies are spooled to disk)."
+    )
+    max_soap_attachments_bytes: int = option(
+        64 * 1024 * 1024, help="Largest total of a SOAP message's attachments (SOAP messages are parsed in memory)."
+    )
+    max_concurrent_soap_reads: int = option(
+        16, help="SOAP messages read into memory at once; more wait (bounds memory before clients are known)."
+    )
+    body_idle_timeout_seconds: float = option(
+        30.0, help="A request body that sends nothing for this long is refused (no slow-loris)."
+    )
     memory_spool_bytes: int = option(1024 * 1024, help="Bodies above this size are spooled to a temporary file.")
     peer_timeout_seconds: float = option(60.0, help="Timeout for another security server's answer.")
     connect_timeout_seconds: float = option(5.0, help="Timeout for connecting to another security server.")

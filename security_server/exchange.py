@@ -10,14 +10,18 @@ origin.  Any other exception is a bug: it is logged with a correlation id and be
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridge.errors import KorpuError
+import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
+
+from bridge.errors import InvalidRequest, KorpuError
 from bridge.logsetup import get_logger
 from bridge.message import MessageHeader
 from bridge.signature import MessageSigner, Part, VerifiedSignature, part_digest, verify_signature_details
@@ -29,7 +33,10 @@ if TYPE_CHECKING:
     from bridge.rest import RestRequest, RestResponse
     from bridge.soap import SoapMessage
 
-__all__ = ["Exchange", "Stage", "part_infos", "run_stages", "sign_message", "verify_message"]
+# Exceptions that mean the peer or information system closed the connection while a body was being read.
+_DISCONNECTS = (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError, HttpProcessingError)
+
+__all__ = ["Exchange", "IdleTimeoutReader", "Stage", "part_infos", "run_stages", "sign_message", "verify_message"]
 
 log = get_logger(__name__)
 
@@ -108,6 +115,10 @@ async def run_stages(stages: Sequence[Stage], exchange: Exchange) -> None:
             await stage(exchange)
         except KorpuError as exc:
             exchange.fail(exc)
+        except _DISCONNECTS as exc:
+            # The other side went away mid-message: an everyday event, not a bug — no traceback, a clear fault.
+            log.info("connection lost", stage=type(stage).__name__, error=exc.__class__.__name__)
+            exchange.fail(InvalidRequest("the connection was closed before the message was complete"))
         except Exception:
             log.exception("stage failed", stage=type(stage).__name__, correlation_id=exchange.correlation_id)
             error = KorpuError("internal error", detail=exchange.correlation_id)
@@ -147,3 +158,45 @@ def verify_message(manifest: Manifest, spools: Mapping[str, Spool]) -> VerifiedS
     digests = {name: spool.digest for name, spool in spools.items()}
     digests[INDEX_PART] = part_digest(index_bytes(manifest.parts, manifest.meta))
     return verify_signature_details(manifest.signature, digests)
+
+
+# Reading bodies with an idle timeout -----------------------------------------------------------------------------
+
+
+class IdleTimeoutReader:
+    """Wraps a stream reader so that every read must make progress within ``idle_s`` seconds.
+
+    A peer or information system that stops sending in the middle of a body would otherwise hold a connection, a
+    task and a spool for ever.  ``error`` is raised (with ``message``) when a read times out.
+    """
+
+    def __init__(self, stream: Any, idle_s: float, error: type[KorpuError], message: str) -> None:
+        self._stream = stream
+        self._idle = idle_s
+        self._error = error
+        self._message = message
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes, each read bounded by the idle timeout."""
+        try:
+            return bytes(await asyncio.wait_for(self._stream.readexactly(n), self._idle))
+        except TimeoutError:
+            raise self._error(self._message) from None
+
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes, bounded by the idle timeout."""
+        try:
+            return bytes(await asyncio.wait_for(self._stream.read(n), self._idle))
+        except TimeoutError:
+            raise self._error(self._message) from None
+
+    async def chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """The rest of the stream in chunks of at most ``size`` bytes, each bounded by the idle timeout."""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self._stream.read(size), self._idle)
+            except TimeoutError:
+                raise self._error(self._message) from None
+            if not chunk:
+                return
+            yield bytes(chunk)

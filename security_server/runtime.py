@@ -94,6 +94,9 @@ class ServerRuntime:
     binding: PeerBinding = field(default_factory=PeerBinding)
     router: Router = field(default_factory=Router)
     replay: ReplayGuard = field(default_factory=ReplayGuard)
+    #: (peer, consumer request id) pairs seen within the replay window: a reused id is refused, so each logged
+    #: exchange stays individually addressable for evidence.
+    request_ids: ReplayGuard = field(default_factory=ReplayGuard)
     services: dict[tuple[SubsystemId, str, str | None], ProvidedService] = field(default_factory=dict)
     peer_session: aiohttp.ClientSession | None = None
     backend_session: aiohttp.ClientSession | None = None
@@ -103,6 +106,7 @@ class ServerRuntime:
     _is_certs: dict[str, frozenset[bytes]] = field(default_factory=dict)
     _adapters: dict[tuple[str, tuple[tuple[str, str], ...]], Adapter] = field(default_factory=dict)
     _buses: list[LocalBus] = field(default_factory=list)
+    soap_reads: asyncio.Semaphore = field(init=False)
     #: The plain-HTTP client proxy's URL once it listens (adapters call the bus through it).
     client_proxy_url: str | None = None
     _credentials: Credentials | None = None
@@ -110,6 +114,7 @@ class ServerRuntime:
 
     def __post_init__(self) -> None:
         self.checker = CertificateChecker(self.conf)
+        self.soap_reads = asyncio.Semaphore(self.config.limits.max_concurrent_soap_reads)
         # The message log is never optional: a security server without one does not carry messages.
         settings = self.config.message_log
         self.log_store = SqlLogStore(settings.database_url(self.state_dir), self.state_dir / settings.bodies)
@@ -315,12 +320,27 @@ class ServerRuntime:
         self.load_services()
         await self.message_log.start()
         stamping = asyncio.create_task(self.timestamper.run(), name="messagelog-timestamper")
+        # Imported here: the archiver pulls in the archive module, which nothing else at start-up needs.
+        from security_server.audit_api import evidence_certificates
+        from security_server.messagelog.archiver import Archiver
+
+        settings = self.config.message_log
+        archiver = Archiver(
+            self.log_store,
+            self.state_dir / settings.archive_dir,
+            lambda: evidence_certificates(self.conf()),
+            archive_after_s=settings.archive_after_days * 86400.0,
+            retention_days=settings.retention_days,
+            interval_s=float(settings.archive_interval_seconds),
+        )
+        archiving = asyncio.create_task(archiver.run(), name="messagelog-archiver")
         try:
             yield
         finally:
-            stamping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stamping
+            for task in (archiving, stamping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.message_log.stop()
             await asyncio.to_thread(self.log_store.close)
             for bus in self._buses:

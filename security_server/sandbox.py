@@ -64,6 +64,8 @@ class ServiceSpec:
     grants: tuple[tuple[str, str | None, str | None], ...] = ()
     description: bytes | None = None
     person_fields: tuple[PersonField, ...] = ()
+    #: Options for the adapter (``services[].options`` in server.yaml), e.g. ``{"database": "sqlite:///…"}``.
+    options: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def _service_config(spec: ServiceSpec, state_dir: Path) -> ServiceConfig:
         adapter=spec.adapter if spec.url is None else None,
         description=description,
         person_fields=spec.person_fields,
+        options=dict(spec.options) if spec.options is not None and spec.url is None else None,
     )
 
 

@@ -31,7 +31,14 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge import metaservices, rest, soap
-from bridge.errors import AccessDenied, InvalidRequest, KorpuError, NotFound, SslAuthenticationFailed
+from bridge.errors import (
+    AccessDenied,
+    InvalidRequest,
+    InvalidTransportMessage,
+    KorpuError,
+    NotFound,
+    SslAuthenticationFailed,
+)
 from bridge.logsetup import get_logger
 from bridge.message import Protocol
 from bridge.spool import Spool
@@ -39,7 +46,15 @@ from bridge.transport import Manifest, iter_message, message_headers, parse_mess
 from policies import decide
 from policies.engine import allowed_services
 from security_server.backends import BackendRequest, BackendResponse, ServiceFailed
-from security_server.exchange import Exchange, Stage, part_infos, run_stages, sign_message, verify_message
+from security_server.exchange import (
+    Exchange,
+    IdleTimeoutReader,
+    Stage,
+    part_infos,
+    run_stages,
+    sign_message,
+    verify_message,
+)
 from security_server.logstages import CheckLog, LogRequest, LogResponse, log_failure
 from security_server.runtime import AUTH, ServerRuntime, utcnow
 from security_server.tls import peer_certificate
@@ -100,8 +115,11 @@ class ReadMessage:
         limits = self.runtime.config.limits
         cap = limits.max_body_bytes or 1 << 62
         content_length, manifest_length = parse_message_headers(request.headers, max_message_bytes=cap)
+        reader = IdleTimeoutReader(
+            request.content, limits.body_idle_timeout_seconds, InvalidTransportMessage, "the message body stalled"
+        )
         manifest, _raw, spools = await read_message(
-            request.content,
+            reader,
             content_length=content_length,
             manifest_length=manifest_length,
             memory_limit=limits.memory_spool_bytes,
@@ -140,8 +158,11 @@ class VerifySignature:
         now = utcnow()
         # (1) the signature covers every part and the manifest's index (so no descriptive field was changed)
         verified = verify_message(ex.extra["manifest"], ex.request_parts)
-        # (2) it is fresh and has not been seen before
+        # (2) it is fresh and has not been seen before, nor its request id from this peer
         self.runtime.replay.check(ex.request_signature, verified.signing_time, now)
+        peer = ex.peer_server.id.encoded() if ex.peer_server is not None else ""
+        pair = f"{peer}|{ex.extra.get('request_id', '')}".encode()
+        self.runtime.request_ids.check(pair, verified.signing_time, now)
         # (3) the signer's certificate is good (stapled OCSP) and from an approved CA
         staple = ex.request_ocsp[0] if ex.request_ocsp else None
         ex.extra["signer"] = self.runtime.checker.check_sign_cert(verified.cert.public_bytes(Encoding.DER), staple, now)
@@ -161,14 +182,14 @@ class ParseMessage:
         protocol = manifest.meta.get("protocol")
         if protocol == Protocol.REST:
             if set(ex.request_parts) - {"message", "body"}:
-                raise InvalidRequest("a REST message has only 'message' and 'body' parts")
+                raise InvalidTransportMessage("a REST message has only 'message' and 'body' parts")
             ex.rest = rest.parse_descriptor(message.getvalue())
             ex.header = ex.rest.header
             body = ex.request_parts.get("body")
             ex.request_hash = rest.request_hash(message.digest, body.digest if body is not None else None)
         elif protocol == Protocol.SOAP:
             if any(name != "message" and not name.startswith("attachment-") for name in ex.request_parts):
-                raise InvalidRequest("a SOAP message has only 'message' and 'attachment-N' parts")
+                raise InvalidTransportMessage("a SOAP message has only 'message' and 'attachment-N' parts")
             limits = self.runtime.config.limits
             ex.soap = soap.parse_soap(
                 ex.request_content_types.get("message", "text/xml"),

@@ -168,13 +168,17 @@ def _evidence(store: LogStore, record: LogRecord, role: str) -> RecordEvidence:
     return RecordEvidence(record, parts, proof, _batch_ref(batch), batch.token)
 
 
-def export_exchange(store: LogStore, request_id: str, certs: EvidenceCerts, *, side: str | None = None) -> bytes:
+def export_exchange(
+    store: LogStore, request_id: str, certs: EvidenceCerts, *, side: str | None = None, seq: int | None = None
+) -> bytes:
     """The evidence container of exchange ``request_id`` as this server logged it.
 
     ``side`` (``consumer`` or ``provider``) is needed only when this server logged both sides of the exchange (a
-    member calling its own service through one server).  Raises :class:`NotFound` if there is no such request,
-    :class:`InvalidState` if a record is not timestamped yet or its bodies were archived away, and
-    :class:`LogVerificationFailed` if the log does not verify: evidence that does not verify is never handed out.
+    member calling its own service through one server).  ``seq`` picks the request record when the same request
+    id was logged more than once (a misbehaving consumer may reuse ids; each exchange stays exportable).  Raises
+    :class:`NotFound` if there is no such request, :class:`InvalidState` if a record is not timestamped yet or its
+    bodies were archived away, and :class:`LogVerificationFailed` if the log does not verify: evidence that does
+    not verify is never handed out.
     """
     found = store.find(LogQuery(request_id=request_id, limit=100))
     found = [r for r in found if r.request_id == request_id and (side is None or r.side == side)]
@@ -182,12 +186,23 @@ def export_exchange(store: LogStore, request_id: str, certs: EvidenceCerts, *, s
     if len(sides) > 1:
         raise InvalidState(f"this server logged exchange {request_id} on both sides ({', '.join(sides)}): give a side")
     requests = [r for r in found if r.direction == "request"]
-    responses = [r for r in found if r.direction == "response"]
     if not requests:
         raise NotFound(f"no request with request id {request_id!r} in this server's message log")
-    if len(requests) > 1 or len(responses) > 1:
-        raise InvalidState(f"exchange {request_id} has several request or response records on one side")
-    request = _evidence(store, requests[0], "request")
+    if seq is not None:
+        requests = [r for r in requests if r.seq == seq]
+        if not requests:
+            raise NotFound(f"record {seq} is not a request of exchange {request_id!r}")
+    elif len(requests) > 1:
+        seqs = ", ".join(str(r.seq) for r in requests)
+        raise InvalidState(f"request id {request_id} was logged {len(requests)} times (records {seqs}): give seq")
+    chosen = requests[0]
+    # Its response: the first response record with the same id after it, before any later request with that id.
+    later_requests = [r.seq for r in found if r.direction == "request" and r.seq > chosen.seq]
+    bound = min(later_requests) if later_requests else None
+    responses = [
+        r for r in found if r.direction == "response" and r.seq > chosen.seq and (bound is None or r.seq < bound)
+    ]
+    request = _evidence(store, chosen, "request")
     response = _evidence(store, responses[0], "response") if responses else None
     data = build_container(request, response, certs)
     verify_container(data, trust_roots=certs.ca_roots)  # fail closed: refuse to hand out broken evidence

@@ -20,9 +20,11 @@ Bodies
     deduplicated by digest.  Each body is written to a temporary file, the file data is flushed, the file renamed
     into place, and the rename flushed — all before the database transaction commits, so a committed record never
     names a missing or partial body, and a file under a digest name is always complete.  A crash after the bodies
-    but before the commit leaves unreferenced bodies behind: harmless (they are content-addressed), collected by
-    the archiver.  On Linux the flushes are one ``syncfs(2)`` per group instead of an fsync per file and per
-    directory (measured 5 µs against 200 µs a file); elsewhere each file and directory is fsynced.
+    but before the commit leaves unreferenced bodies behind: harmless (they are content-addressed), but nothing
+    collects them yet (an open point).  :meth:`SqlLogStore.delete_through` unlinks the bodies no remaining record
+    names, found through ``log_bodies``.  On Linux the flushes are one ``syncfs(2)`` per group instead of an
+    fsync per file and per directory (measured 5 µs against 200 µs a file); elsewhere each file and directory is
+    fsynced.
     With PostgreSQL the bodies still stay in the node's directory: a cluster of nodes needs that directory on
     shared storage (an open point, see ``docs/``).
 
@@ -30,7 +32,13 @@ Schema (migrations numbered in :data:`MIGRATIONS`, applied ones listed in ``sche
     ``log_records``  one row per record: the columns queries filter on, ``batch_id`` (NULL until timestamped), the
                      record's canonical JSON (:meth:`LogRecord.to_json`) and its hash;
     ``log_persons``  ``(person, seq)`` for "who accessed this person's data" (``userId`` and every declared person);
-    ``log_batches``  timestamped batches with their RFC 3161 token.
+    ``log_batches``  timestamped batches with their RFC 3161 token;
+    ``log_bodies``   ``(sha512, last_seq)``: each stored body and the newest record naming it, upserted on append;
+                     records are deleted oldest first, so "last_seq <= deleted through" means "no reference left".
+                     Chosen over scanning the remaining records' parts at delete time, which grows with the live
+                     log and would hold the write lock that long; the upsert costs appends a few percent;
+    ``log_pruned``   one row once records were deleted: the last deleted seq and hash (the head of an emptied
+                     log, the end of the timestamped range when no batch row is left) and the last batch id.
 
 Batches are contiguous: a batch starts right after the previous one ends (``add_batch`` refuses anything else), so
 "unstamped" is simply "after the last batch" and needs no index of its own.
@@ -48,6 +56,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
+import fcntl
 import itertools
 import json
 import os
@@ -56,9 +65,10 @@ import re
 import sqlite3
 import sys
 import threading
+import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,7 +77,7 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from bridge.errors import LoggingFailed
+from bridge.errors import InvalidState, LoggingFailed
 from bridge.messagelog import GENESIS_HASH, LogRecord, canonical
 from bridge.spool import CHUNK_SIZE, Spool
 from security_server.messagelog import Batch, LogQuery
@@ -100,6 +110,54 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: Fills new tables from existing rows, after the statements (``conn``, the dialect's ``_sql``).
+    backfill: Callable[[Any, Callable[[str], str], Dialect], None] | None = None
+
+
+#: Records read per page while deleting their ``(person, seq)`` index rows.
+_PRUNE_CHUNK = 1000
+#: Body files unlinked per hold of the body lock: appends wait for at most one chunk (unlink took 20 µs to 2 ms
+#: a file on the file systems measured).
+_UNLINK_CHUNK = 100
+#: The end of the timestamped range: the last batch, or where pruning left it once every batch was deleted.
+_STAMPED_THROUGH = "COALESCE((SELECT MAX(last_seq) FROM log_batches), (SELECT through_seq FROM log_pruned), 0)"
+
+
+def _upsert_body_refs(conn: Any, dialect: Dialect, refs: Mapping[bytes, int]) -> None:
+    """Record that body ``digest`` is named by record ``seq`` (keeping the newest seq per body)."""
+    if not refs:
+        return
+    if dialect == "sqlite":
+        conn.executemany(
+            "INSERT INTO log_bodies (sha512, last_seq) VALUES (?, ?)"
+            " ON CONFLICT (sha512) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+            list(refs.items()),
+        )
+        return
+    # One statement for the whole group (arrays), instead of a round trip per body.
+    conn.execute(
+        "INSERT INTO log_bodies (sha512, last_seq) SELECT * FROM unnest(%s::bytea[], %s::bigint[])"
+        " ON CONFLICT (sha512) DO UPDATE SET last_seq = GREATEST(log_bodies.last_seq, excluded.last_seq)",
+        (list(refs), list(refs.values())),
+    )
+
+
+def _body_refs(records: Iterator[LogRecord] | Sequence[LogRecord]) -> dict[bytes, int]:
+    """``{body digest: newest seq naming it}`` over the stored parts of ``records`` (given in seq order)."""
+    return {bytes.fromhex(p.sha512): r.seq for r in records for p in r.parts if p.stored}
+
+
+def _backfill_body_refs(conn: Any, sql: Callable[[str], str], dialect: Dialect) -> None:
+    """Migration 2: ``log_bodies`` from the records already stored, a page at a time."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            sql("SELECT seq, record FROM log_records WHERE seq > ? ORDER BY seq LIMIT ?"), (after, 10_000)
+        ).fetchall()
+        if not rows:
+            return
+        _upsert_body_refs(conn, dialect, _body_refs([_parse(text) for _, text in rows]))
+        after = int(rows[-1][0])
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -125,6 +183,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE log_persons (person TEXT NOT NULL, seq {bigint} NOT NULL,"
             " PRIMARY KEY (person, seq)){without_rowid}",
         ),
+    ),
+    Migration(
+        2,
+        "archiving: body references, the pruned log's state, records by batch",
+        (
+            # One row per stored body: the newest record naming it.  Records are deleted oldest first, so a body
+            # whose newest reference is deleted has no reference left (see delete_through).
+            "CREATE TABLE log_bodies (sha512 {blob} PRIMARY KEY, last_seq {bigint} NOT NULL){without_rowid}",
+            "CREATE INDEX log_bodies_last_seq ON log_bodies (last_seq)",
+            # Where the chain stood when records were last deleted: the head of an emptied log, the end of the
+            # timestamped range once no batch row is left, and the highest batch id handed out so far.
+            "CREATE TABLE log_pruned (id INTEGER PRIMARY KEY CHECK (id = 1), through_seq {bigint} NOT NULL,"
+            " last_hash {blob} NOT NULL, last_batch_id {bigint} NOT NULL)",
+            # Deleting a batch row checks the foreign key from log_records; without this index both databases
+            # scan the whole live log once per deleted batch.
+            "CREATE INDEX log_records_batch ON log_records (batch_id)",
+        ),
+        backfill=_backfill_body_refs,
     ),
 )
 
@@ -217,10 +293,15 @@ class _BodyStore:
         self.root = str(root)
         self._tmp = os.path.join(self.root, "tmp")
         os.makedirs(self._tmp, exist_ok=True)
-        # Temporary files of a crashed run are garbage: none was renamed into place.
+        # Temporary files of a crashed run are garbage (none was renamed into place), but another process may be
+        # writing right now (the running server while `korpu audit` opens the store, or a node sharing the
+        # directory): only files untouched for an hour are removed.
+        stale_before = time.time() - 3600
         for leftover in os.listdir(self._tmp):
+            path = os.path.join(self._tmp, leftover)
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self._tmp, leftover))
+                if os.stat(path).st_mtime < stale_before:
+                    os.unlink(path)
         # The 256 first-level directories once, so a body needs at most one mkdir (of its leaf directory).
         for i in range(256):
             os.makedirs(os.path.join(self.root, f"{i:02x}"), exist_ok=True)
@@ -374,6 +455,14 @@ class SqlLogStore:
         self._url = url
         self._bodies = _BodyStore(directory / "bodies", use_syncfs=use_syncfs)
         self._write_lock = threading.Lock()
+        # Held by an append from "this body is already stored" until its records commit, and by delete_through
+        # while it unlinks bodies: a body is never unlinked under a record that has just come to name it.  The
+        # thread lock orders this process; an flock on bodies.lock (beside bodies/) orders it against another
+        # process (korpu audit archive next to the running server): shared for appends, exclusive for unlinking.
+        self._body_lock = threading.Lock()
+        self._body_lock_fd = os.open(
+            directory / "bodies.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640
+        )
         self._write_conn: Any = None
         self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -489,6 +578,8 @@ class SqlLogStore:
                 continue
             for statement in migration.statements:
                 conn.execute(self._sql(statement))
+            if migration.backfill is not None:
+                migration.backfill(conn, self._sql, self.dialect)
             conn.execute(
                 self._sql("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"),
                 (migration.version, migration.name, dt.datetime.now(dt.UTC).isoformat()),
@@ -498,9 +589,13 @@ class SqlLogStore:
     # Writing ----------------------------------------------------------------------------------------------------
 
     def head(self) -> tuple[int, bytes]:
-        """``(last seq, last hash)``; ``(0, GENESIS_HASH)`` for an empty log."""
-        rows = self._query("SELECT seq, hash FROM log_records ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, GENESIS_HASH)
+        """``(last seq, last hash)``; ``(0, GENESIS_HASH)`` for an empty log.
+
+        After :meth:`delete_through` removed every record, the head is the last deleted record's, so appends
+        continue the chain.
+        """
+        with self._reading() as conn:
+            return _head(conn)
 
     def append(self, records: Sequence[LogRecord], bodies: Mapping[str, Spool]) -> None:
         """Store sealed, consecutive records continuing the head, and their bodies, in one transaction."""
@@ -514,35 +609,39 @@ class SqlLogStore:
         for before, after in itertools.pairwise(rows):
             if after.record.seq != before.record.seq + 1 or after.record.prev_hash != before.record.hash:
                 raise LoggingFailed("the records to append are not consecutive")
-        # (2) Every stored part has its body, given now or stored before.
-        for row in rows:
-            for part in row.record.parts:
-                if part.stored and part.sha512 not in bodies and not self._bodies.exists(part.sha512):
-                    raise LoggingFailed("a logged part marked as stored has no body")
-        # (3) Bodies are durable before the records that name them commit.
-        try:
-            self._bodies.write(bodies)
-        except (OSError, ValueError) as exc:
-            log.error("message log body write failed", error=type(exc).__name__)
-            raise LoggingFailed("the message log could not store a message body") from exc
         record_params = [
             (r.record.seq, r.at, r.record.request_id, r.record.message_id, r.record.client, r.record.service,
              r.record.user_id, r.json, r.hash)
             for r in rows
         ]  # fmt: skip
         person_params = [(p, r.record.seq) for r in rows for p in r.persons]
+        body_refs = _body_refs([r.record for r in rows])
         first = rows[0].record
-        with self._writing() as conn:
-            # (4) Defensive: the first record continues the stored head (another writer, or a stale head, is
-            #     refused here; the primary key catches a concurrent one on PostgreSQL).
-            head = conn.execute("SELECT seq, hash FROM log_records ORDER BY seq DESC LIMIT 1").fetchone()
-            head_seq, head_hash = (int(head[0]), bytes(head[1])) if head else (0, GENESIS_HASH)
-            if first.seq != head_seq + 1 or first.prev_hash != head_hash.hex():
-                raise LoggingFailed("the records to append do not continue the log's head")
-            # (5) All rows in one transaction: all stored or, on any error, none.
-            self._insert(conn, "log_records", _RECORD_COLUMNS, record_params)
-            if person_params:
-                self._insert(conn, "log_persons", "person, seq", person_params)
+        with self._bodies_locked(exclusive=False):
+            # (2) Every stored part has its body, given now or stored before (and, under the body lock, not
+            #     unlinked by delete_through before the records below commit).
+            for row in rows:
+                for part in row.record.parts:
+                    if part.stored and part.sha512 not in bodies and not self._bodies.exists(part.sha512):
+                        raise LoggingFailed("a logged part marked as stored has no body")
+            # (3) Bodies are durable before the records that name them commit.
+            try:
+                self._bodies.write(bodies)
+            except (OSError, ValueError) as exc:
+                log.error("message log body write failed", error=type(exc).__name__)
+                raise LoggingFailed("the message log could not store a message body") from exc
+            with self._writing() as conn:
+                # (4) Defensive: the first record continues the stored head (another writer, or a stale head, is
+                #     refused here; the primary key catches a concurrent one on PostgreSQL).
+                head_seq, head_hash = _head(conn)
+                if first.seq != head_seq + 1 or first.prev_hash != head_hash.hex():
+                    raise LoggingFailed("the records to append do not continue the log's head")
+                # (5) All rows in one transaction: all stored or, on any error, none.  log_bodies remembers the
+                #     newest record naming each body, which is what delete_through needs to collect bodies.
+                self._insert(conn, "log_records", _RECORD_COLUMNS, record_params)
+                if person_params:
+                    self._insert(conn, "log_persons", "person, seq", person_params)
+                _upsert_body_refs(conn, self.dialect, body_refs)
 
     def _insert(self, conn: Any, table: str, columns: str, params: list[tuple[Any, ...]]) -> None:
         if self.dialect == "sqlite":
@@ -567,14 +666,16 @@ class SqlLogStore:
             raise LoggingFailed("invalid batch bounds or root")
         with self._writing() as conn:
             # (1) Contiguous with the previous batch: no gap, no overlap.
-            stamped = conn.execute("SELECT MAX(last_seq) FROM log_batches").fetchone()[0] or 0
+            stamped = int(conn.execute(f"SELECT {_STAMPED_THROUGH}").fetchone()[0])
             if first_seq != stamped + 1:
                 raise LoggingFailed("the batch does not start right after the last timestamped record")
-            # (2) The batch row.
+            # (2) The batch row.  Ids are given here rather than by the database so that they keep growing after
+            #     delete_through removed every batch row (SQLite would otherwise hand out 1 again).
             row = conn.execute(
                 self._sql(
-                    "INSERT INTO log_batches (first_seq, last_seq, merkle_root, token, tsa_url, stamped_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+                    "INSERT INTO log_batches (id, first_seq, last_seq, merkle_root, token, tsa_url, stamped_at)"
+                    " VALUES (COALESCE((SELECT MAX(id) FROM log_batches), (SELECT last_batch_id FROM log_pruned), 0)"
+                    " + 1, ?, ?, ?, ?, ?, ?) RETURNING id"
                 ),
                 (first_seq, last_seq, merkle_root, token, tsa_url, stamped_at),
             ).fetchone()
@@ -587,6 +688,117 @@ class SqlLogStore:
             if cur.rowcount != last_seq - first_seq + 1:
                 raise LoggingFailed("the batch's records are missing or already timestamped")
         return Batch(batch_id, first_seq, last_seq, bytes(merkle_root), bytes(token), tsa_url, stamped_at)
+
+    # Pruning ----------------------------------------------------------------------------------------------------
+
+    def delete_through(self, last_seq: int) -> None:
+        """Delete records up to ``last_seq``, their person-index rows and batches, then bodies nothing names.
+
+        ``last_seq`` must be the last record of a timestamped batch (:class:`InvalidState` otherwise, nothing
+        changed): archives hold whole batches, and every remaining record stays in a complete batch.  The rows go
+        in one transaction; ``log_pruned`` keeps the deleted head's seq and hash, so :meth:`head` and appends
+        continue the chain even when no record is left.  Body files are unlinked after the commit (a crash in
+        between leaves unreferenced files, as a crashed append can); a body that a newer record names stays.
+        """
+        with self._writing() as conn:
+            # (1) A batch ends exactly at last_seq.
+            end = conn.execute(
+                self._sql("SELECT b.id, r.hash FROM log_batches b JOIN log_records r ON r.seq = b.last_seq"
+                          " WHERE b.last_seq = ?"),
+                (last_seq,),
+            ).fetchone()  # fmt: skip
+            if end is None:
+                raise InvalidState(
+                    f"cannot delete the message log through record {last_seq}: it is not the last record of a "
+                    "timestamped batch in the live log (only whole batches are archived and deleted)"
+                )
+            last_hash = bytes(end[1])
+            # (2) The person index, row by row from the records being deleted (the index is keyed by person: a
+            #     "seq <= ?" delete would scan all of it while the log cannot be written).
+            after = 0
+            while True:
+                page = conn.execute(
+                    self._sql("SELECT seq, record FROM log_records WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"),
+                    (after, last_seq, _PRUNE_CHUNK),
+                ).fetchall()
+                if not page:
+                    break
+                pairs = [(p, r.record.seq) for _, text in page for r in (sealed_row(_parse(text), text),)
+                         for p in r.persons]  # fmt: skip
+                self._delete_persons(conn, pairs)
+                after = int(page[-1][0])
+            # (3) The records, then their batches (the index on log_records.batch_id keeps the foreign-key check
+            #     from scanning the live log per batch).
+            conn.execute(self._sql("DELETE FROM log_records WHERE seq <= ?"), (last_seq,))
+            top = conn.execute(self._sql("SELECT MAX(id) FROM log_batches WHERE last_seq <= ?"), (last_seq,))
+            last_batch_id = int(top.fetchone()[0])
+            conn.execute(self._sql("DELETE FROM log_batches WHERE last_seq <= ?"), (last_seq,))
+            # (4) Where the chain stands, for head() and add_batch() once no record or batch row is left.
+            conn.execute(
+                self._sql(
+                    "INSERT INTO log_pruned (id, through_seq, last_hash, last_batch_id) VALUES (1, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET through_seq = excluded.through_seq,"
+                    " last_hash = excluded.last_hash, last_batch_id = excluded.last_batch_id"
+                ),
+                (last_seq, last_hash, last_batch_id),
+            )
+            # (5) Bodies whose newest reference was deleted have none left.
+            gone = conn.execute(
+                self._sql("DELETE FROM log_bodies WHERE last_seq <= ? RETURNING sha512"), (last_seq,)
+            ).fetchall()
+        self._unlink_bodies([bytes(row[0]).hex() for row in gone])
+
+    def _delete_persons(self, conn: Any, pairs: list[tuple[str, int]]) -> None:
+        if not pairs:
+            return
+        if self.dialect == "sqlite":
+            conn.executemany("DELETE FROM log_persons WHERE person = ? AND seq = ?", pairs)
+            return
+        conn.execute(
+            "DELETE FROM log_persons p USING unnest(%s::text[], %s::bigint[]) AS d (person, seq)"
+            " WHERE p.person = d.person AND p.seq = d.seq",
+            ([p for p, _ in pairs], [s for _, s in pairs]),
+        )
+
+    @contextlib.contextmanager
+    def _bodies_locked(self, *, exclusive: bool) -> Iterator[None]:
+        with self._body_lock:
+            fcntl.flock(self._body_lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._body_lock_fd, fcntl.LOCK_UN)
+
+    def _unlink_bodies(self, digests: list[str]) -> None:
+        """Unlink body files no record names, a chunk per hold of the body lock so appends wait only briefly.
+
+        Under the lock a digest that an append has named again since the delete committed is skipped: that
+        append found the file present and did not write it again.
+        """
+        removed = 0
+        for start in range(0, len(digests), _UNLINK_CHUNK):
+            chunk = digests[start : start + _UNLINK_CHUNK]
+            with self._bodies_locked(exclusive=True):
+                marks = ", ".join("?" * len(chunk))
+                named = {
+                    bytes(row[0]).hex()
+                    for row in self._query(
+                        f"SELECT sha512 FROM log_bodies WHERE sha512 IN ({marks})",  # noqa: S608 - placeholders only
+                        [bytes.fromhex(d) for d in chunk],
+                    )
+                }
+                for digest in chunk:
+                    if digest in named:
+                        continue
+                    try:
+                        os.unlink(self._bodies.path(digest))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass  # a crash between an earlier delete's commit and its unlinking, or never stored
+                    except OSError as exc:
+                        # The records are gone either way; a file left behind is garbage, not a broken log.
+                        log.warning("message log body not removed", error=type(exc).__name__)
+        log.info("message log bodies removed", count=removed)
 
     # Reading ----------------------------------------------------------------------------------------------------
 
@@ -646,22 +858,19 @@ class SqlLogStore:
 
     def stamped_through(self) -> int:
         """The last seq in a batch (0 if none): every record up to it is timestamped, none after it."""
-        return int(self._query("SELECT COALESCE(MAX(last_seq), 0) FROM log_batches")[0][0])
+        return int(self._query(f"SELECT {_STAMPED_THROUGH}")[0][0])
 
     def unstamped(self, limit: int) -> list[tuple[int, bytes, str]]:
         """The oldest records not yet in a batch, as ``(seq, hash, at)``, consecutive from the oldest."""
         rows = self._query(
-            "SELECT seq, hash, at FROM log_records"
-            " WHERE seq > (SELECT COALESCE(MAX(last_seq), 0) FROM log_batches) ORDER BY seq LIMIT ?",
+            f"SELECT seq, hash, at FROM log_records WHERE seq > {_STAMPED_THROUGH} ORDER BY seq LIMIT ?",  # noqa: S608
             (limit,),
         )
         return [(int(seq), bytes(digest), str(at)) for seq, digest, at in rows]
 
     def oldest_unstamped_at(self) -> str | None:
         """``at`` of the oldest record not yet in a batch, or ``None`` when all are timestamped."""
-        rows = self._query(
-            "SELECT at FROM log_records WHERE seq = (SELECT COALESCE(MAX(last_seq), 0) + 1 FROM log_batches)"
-        )
+        rows = self._query(f"SELECT at FROM log_records WHERE seq = {_STAMPED_THROUGH} + 1")  # noqa: S608
         return str(rows[0][0]) if rows else None
 
     def batch_of(self, seq: int) -> Batch | None:
@@ -679,6 +888,8 @@ class SqlLogStore:
     def close(self) -> None:
         """Release connections (idempotent)."""
         with self._write_lock:
+            if not self._closed:
+                os.close(self._body_lock_fd)
             self._closed = True
             self._drop_write_conn()
         while True:
@@ -688,6 +899,14 @@ class SqlLogStore:
                 break
             with contextlib.suppress(sqlite3.Error, psycopg.Error):
                 conn.close()
+
+
+def _head(conn: Any) -> tuple[int, bytes]:
+    row = conn.execute("SELECT seq, hash FROM log_records ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is not None:
+        return int(row[0]), bytes(row[1])
+    row = conn.execute("SELECT through_seq, last_hash FROM log_pruned").fetchone()
+    return (int(row[0]), bytes(row[1])) if row is not None else (0, GENESIS_HASH)
 
 
 def _parse(text: str) -> LogRecord:

@@ -218,11 +218,16 @@ class Timestamper:
                     batches.append(batch)
                     if batch.last_seq - batch.first_seq + 1 < self.max_batch:
                         break  # caught up with the log as it was read
-            except (KorpuError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except Exception as exc:
+                # Any failure, expected (TSA down, bad answer) or not (a bug), must leave the loop alive: a dead
+                # timestamper would turn into TimestampingFailed for all traffic once the grace period ends.
                 self._failing = True
                 self._last_error = exc.message if isinstance(exc, KorpuError) else f"{type(exc).__name__}: {exc}"
                 self._last_error_at = self._clock()
-                log.warning("message log timestamping failed", error=self._last_error, stamped=len(batches))
+                expected = isinstance(exc, (KorpuError, aiohttp.ClientError, TimeoutError, OSError))
+                (log.warning if expected else log.exception)(
+                    "message log timestamping failed", error=self._last_error, stamped=len(batches)
+                )
             else:
                 self._failing = False
                 self._last_error = None

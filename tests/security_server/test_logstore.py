@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import LoggingFailed
+from bridge.errors import InvalidState, LoggingFailed
 from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import LogQuery
@@ -89,7 +89,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
     second = SqlLogStore(db_url, tmp_path / "log")
     try:
         assert second.records(1, 1) == records
-        assert second._query("SELECT version FROM schema_version") == [(1,)]
+        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
     finally:
         second.close()
 
@@ -270,3 +270,100 @@ def test_unsupported_urls_are_refused(tmp_path: Path) -> None:
     for url in ("mysql://localhost/log", "sqlite:///:memory:", "sqlite://relative"):
         with pytest.raises(LoggingFailed):
             SqlLogStore(url, tmp_path)
+
+
+# delete_through ----------------------------------------------------------------------------------------------------
+
+
+def stamped_log(store: SqlLogStore) -> tuple[list[LogRecord], str, str]:
+    """Records 1..4 in batches (1..2) and (3..4); a body only record 1 names, and one records 1 and 3 name.
+
+    Returns the records, the unshared digest and the shared digest.
+    """
+    own, own_bodies = part_with_body(b"<only record 1>")
+    shared, shared_bodies = part_with_body(b"<records 1 and 3>", "attachment")
+    records = seal_all(
+        [
+            make_record(1, parts=(own, shared), user_id="AZE0000001", persons=("AZE0000009",)),
+            make_record(2, user_id="AZE0000002"),
+            make_record(3, parts=(shared,), user_id="AZE0000001"),
+            make_record(4),
+        ]
+    )
+    store.append(records[:2], {**own_bodies, **shared_bodies})
+    store.append(records[2:], {})
+    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
+    store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
+    return records, own.sha512, shared.sha512
+
+
+def test_delete_through_refuses_anything_but_the_end_of_a_batch(store: SqlLogStore) -> None:
+    """Inside a batch, past the stamped range or before any record: InvalidState naming the rule, nothing deleted."""
+    _, own, _ = stamped_log(store)
+    store.append(seal_all([make_record(5)], store.head()), {})  # 5 is not timestamped
+    for seq in (1, 3, 5, 0, 99):
+        with pytest.raises(InvalidState, match=f"through record {seq}: it is not the last record of a timestamped"):
+            store.delete_through(seq)
+    assert [r.seq for r in store.find(LogQuery(limit=10))] == [1, 2, 3, 4, 5]
+    assert store.body(own) == b"<only record 1>"
+    assert store.batch_of(1) is not None
+
+
+def test_delete_through_removes_records_persons_batches_and_unshared_bodies(store: SqlLogStore) -> None:
+    """delete_through(2) removes records 1..2, their person rows and batch, and record 1's own body (file too).
+
+    The body record 3 also names stays; head, stamped range and later batches are unchanged.
+    """
+    records, own, shared = stamped_log(store)
+    head = store.head()
+    store.delete_through(2)
+    assert store.records(1, 4) == records[2:]
+    assert store._query("SELECT person, seq FROM log_persons ORDER BY seq, person") == [("AZE0000001", 3)]
+    assert store.find(LogQuery(person="AZE0000009")) == []
+    assert (store.batch_of(2), getattr(store.batch_of(3), "id", None)) == (None, 2)
+    assert store.body(own) is None
+    assert not os.path.exists(store._bodies.path(own))
+    assert store.body(shared) == b"<records 1 and 3>"
+    assert (store.head(), store.stamped_through()) == (head, 4)
+    # Deleting the rest leaves the shared body unnamed, so it goes too; the head is still known.
+    store.delete_through(4)
+    assert (store.find(LogQuery()), store.body(shared), store.head()) == ([], None, head)
+
+
+def test_a_body_named_again_after_the_delete_committed_is_kept(store: SqlLogStore) -> None:
+    """A body named again by an append between delete_through's commit and its unlinking stays.
+
+    The append does not re-send the body (the file exists); the unlinking re-checks log_bodies under the body lock.
+    """
+    _, own, _ = stamped_log(store)
+    unlink = store._unlink_bodies
+
+    def append_then_unlink(digests: list[str]) -> None:
+        part = LogPart("body", "text/xml", len(b"<only record 1>"), own)
+        store.append(seal_all([make_record(5, parts=(part,))], store.head()), {})
+        unlink(digests)
+
+    store._unlink_bodies = append_then_unlink  # type: ignore[method-assign]
+    store.delete_through(2)
+    assert store.body(own) == b"<only record 1>"
+    assert [r.seq for r in store.find(LogQuery(limit=10))] == [3, 4, 5]
+
+
+def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> None:
+    """A log written before migration 2 gets log_bodies from its records, so delete_through collects its bodies."""
+    old = SqlLogStore(db_url, tmp_path / "log")
+    _, own, shared = stamped_log(old)
+    # Back to the schema of version 1, records and bodies kept.
+    with old._writing() as conn:
+        for statement in ("DROP TABLE log_bodies", "DROP TABLE log_pruned", "DROP INDEX log_records_batch"):
+            conn.execute(statement)
+        conn.execute("DELETE FROM schema_version WHERE version = 2")
+    old.close()
+    new = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        refs = new._query("SELECT sha512, last_seq FROM log_bodies ORDER BY last_seq")
+        assert [(bytes(d).hex(), seq) for d, seq in refs] == [(own, 1), (shared, 3)]
+        new.delete_through(2)
+        assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+    finally:
+        new.close()
