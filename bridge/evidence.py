@@ -43,7 +43,9 @@ Verification (:func:`verify_container`), offline, in numbered steps; any failure
 6. the timestamp token verifies over the root with a TSA certificate that chains to the CA, its genTime is the
    batch's ``stamped_at``, and it carries no certificates beyond those in ``certs/``;
 7. the response binds to the request: same server, side and request id, and the same request hash, which is
-   also recomputed from the request's signed part digests (§ Request hash in ``docs/protocol.md``).
+   also recomputed from the request's signed part digests (§ Request hash in ``docs/protocol.md``);
+8. the times agree: the signing time and the record time lie no more than a day before the batch's genTime (and
+   not after it), so a signature backdated before its key's revocation cannot borrow an old "good" OCSP answer.
 
 Pure code over bytes: no aiohttp, no store, no clock (verification times come from the evidence itself).
 """
@@ -147,6 +149,13 @@ def index_log_part(data: bytes) -> LogPart:
 
 
 # Inputs and outputs ---------------------------------------------------------------------------------------------
+
+
+#: Longest accepted delay between a record's (or its signature's) time and its batch's timestamp: the log's grace
+#: period is 4 h by default; a day leaves room for longer configured grace periods.
+MAX_STAMP_DELAY = dt.timedelta(hours=24)
+#: Clock difference tolerated between a security server and the TSA.
+CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -990,6 +999,20 @@ def _verify_record(
         gen_time, tsa = check_timestamp(item.token, root, roots, [*issuing, *tsa_file], tsa_file)
         if gen_time != _utc(batch.stamped_at, "batch.stamped_at"):
             raise LogVerificationFailed("the token's genTime is not the batch's stamped_at")
+    # (8) The times agree: what the signer and the log claim must lie shortly before the independent timestamp.
+    #     Otherwise a signature backdated to before its key was revoked, with an old "good" OCSP response, would
+    #     verify however late it was logged.  Records are stamped within the grace period (default 4 h), so a
+    #     claim more than MAX_STAMP_DELAY before genTime, or after it, is refused.
+    with _step(where, 8):
+        for label, claimed in (("signing time", item.signing_time), ("record time", _utc(record.at, "record time"))):
+            if claimed is None:
+                continue
+            if claimed > gen_time + CLOCK_SKEW:
+                raise LogVerificationFailed(f"the {label} {claimed.isoformat()} is after the batch's timestamp")
+            if gen_time - claimed > MAX_STAMP_DELAY:
+                raise LogVerificationFailed(
+                    f"the {label} {claimed.isoformat()} is more than {MAX_STAMP_DELAY} before the batch's timestamp"
+                )
     return RecordReport(
         role=role,
         seq=record.seq,

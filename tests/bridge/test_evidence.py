@@ -5,6 +5,7 @@ Verified offline by Körpü and by xmlsec1 and openssl; any single changed byte 
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 import shutil
@@ -25,6 +26,7 @@ from bridge.evidence import (
 )
 from bridge.identifiers import MemberId
 from bridge.messagelog import LogRecord, merkle_proof
+from catalog.tsa import TimestampAuthority
 from security_server.messagelog import Batch
 from tests.support.memlog import ExchangeBuilder, Logged, MemoryLogStore
 from tests.support.pki import Pki, build_pki
@@ -389,3 +391,24 @@ def test_documented_python_check_matches_the_readme() -> None:
 
     doc = DOCS.read_text(encoding="utf-8")
     assert PYTHON_CHECK in doc
+
+
+def test_records_timestamped_long_after_their_time_are_refused(tmp_path: Path) -> None:
+    """A record (and signature) claiming a time more than a day before its batch's timestamp fails check (8).
+
+    This is what stops a signature backdated to before its key's revocation, with an old "good" OCSP response,
+    from verifying: the independent timestamp says when the record really existed.
+    """
+    pki = build_pki(tmp_path / "pki")
+    store = MemoryLogStore()
+    builder = ExchangeBuilder(pki, store)
+    logged = builder.exchange()
+    assert logged.response is not None
+    late = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    builder.tsa = TimestampAuthority(pki.tsa_cert, pki.tsa_key, pki.ca.chain, clock=lambda: late)
+    batch = builder.timestamp()
+    container = build_container(
+        evidence(store, logged.request, batch), evidence(store, logged.response, batch), builder.certs
+    )
+    with pytest.raises(LogVerificationFailed, match=r"check \(8\).*before the batch's timestamp"):
+        verify_container(container)
