@@ -584,6 +584,7 @@ _STEP_NAMES = {
     5: "Merkle proof",
     6: "timestamp",
     7: "request binding",
+    8: "times agree",
 }
 
 
