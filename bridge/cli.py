@@ -51,6 +51,7 @@ def read_pin(args: argparse.Namespace, *, confirm: bool = False) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
+    from adapters.registries import cli as registries_cli
     from catalog import cli as central_cli
     from security_server import audit_cli
     from security_server import cli as ss_cli
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     central_cli.register(commands.add_parser("central", help="run and administer the central server"))
     ss_cli.register(commands.add_parser("ss", help="run and administer a security server"))
     audit_cli.register(commands.add_parser("audit", help="query, export and verify message-log evidence"))
+    registries_cli.register(commands.add_parser("registries", help="synthetic data for the built-in registries"))
     demo = commands.add_parser("demo", help="run a whole federation on loopback and narrate it")
     demo.add_argument("--state", type=Path, default=None, help="state directory (default: a temporary one)")
     demo.set_defaults(handler=_demo)
