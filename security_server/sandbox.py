@@ -270,45 +270,30 @@ def write_sandbox_json(federation: Federation) -> Path:
 
 # korpu up --------------------------------------------------------------------------------------------------------
 
-_A_CLIENT = "SUBSYSTEM:AZ/GOV/1000000001/client"
-SANDBOX_AGENCIES = (
-    AgencySpec("AZ/GOV/1000000001/ss-a", "Agency A", clients=("client",)),
-    AgencySpec(
-        "AZ/GOV/1000000002/ss-b",
-        "Agency B",
-        clients=("client", "services"),
-        services=(
-            ServiceSpec(
-                "services", "hello", title="Hello", grants=(("SUBSYSTEM:AZ/GOV/1000000001/client", None, None),)
-            ),
-            ServiceSpec(
-                "services", "echo", title="Echo", grants=(("SUBSYSTEM:AZ/GOV/1000000001/client", "POST", "/echo"),)
-            ),
-            ServiceSpec(
-                "services",
-                "helloService",
-                type="SOAP",
-                title="Hello (SOAP)",
-                grants=((_A_CLIENT, None, None),),
-            ),
-        ),
-    ),
-)
 
-
-def curl_examples(info: dict[str, Any]) -> list[str]:
-    """Commands a newcomer can paste to talk to the sandbox."""
-    proxy = info["security_servers"]["ss-a"]["client_proxy"]
-    client = info["security_servers"]["ss-a"]["clients"][0]
-    service = "AZ/GOV/1000000002/services"
+def curl_examples(info: dict[str, Any], cast: dict[str, str]) -> list[str]:
+    """Commands a newcomer can paste to talk to the sandbox (``cast``: a person and a company from the data)."""
+    servers = info["security_servers"]
+    bank, portal = servers["ss-bank"]["client_proxy"], servers["ss-portal"]["client_proxy"]
+    pin, tin = cast["pin"], cast["tin"]
+    loans, marketing, portal_client = (
+        "AZ/COM/9900001111/loans",
+        "AZ/COM/9900001111/marketing",
+        "AZ/GOV/1000000001/portal",
+    )
+    population, tax, labor = "AZ/GOV/1100000011/population", "AZ/GOV/1300000013/etax", "AZ/GOV/1400000014/contracts"
+    licensing = "AZ/GOV/1500000015/licensing"
+    audit_key, audit_api = servers["ss-population"]["admin_api_key"], servers["ss-population"]["admin_api"]
     return [
-        f"curl -s -H 'X-Road-Client: {client}' '{proxy}/r1/{service}/hello/hello?name=Aysel'",
-        f"curl -s -H 'X-Road-Client: {client}' -H 'Content-Type: application/json' "
-        f"--data '{{\"ping\": 1}}' '{proxy}/r1/{service}/echo/echo'",
-        f"curl -s -i -H 'X-Road-Client: {info['security_servers']['ss-b']['clients'][0]}' "
-        f"'{info['security_servers']['ss-b']['client_proxy']}/r1/{service}/hello/hello'   # not granted: refused",
-        f"curl -s -H 'Accept: application/json' '{proxy}/listClients'",
-        f"curl -s -H 'X-Road-Client: {client}' '{proxy}/r1/{service}/listMethods'",
+        f"curl -s -H 'X-Road-Client: {loans}' -H 'X-Road-UserId: {pin}' '{bank}/r1/{population}/persons/persons/{pin}'",
+        f"curl -s -H 'X-Road-Client: {loans}' '{bank}/r1/{tax}/taxpayers/taxpayers/{tin}/debt'",
+        f"curl -s -H 'X-Road-Client: {loans}' '{bank}/r1/{labor}/contracts/employees/{pin}/reference'",
+        f"curl -s -H 'X-Road-Client: {portal_client}' -H 'Content-Type: application/json' "
+        f'--data \'{{"tin": "{tin}", "pin": "{pin}", "activity": "{cast["activity"]}"}}\' '
+        f"'{portal}/r1/{licensing}/licenses/applications'",
+        f"curl -s -i -H 'X-Road-Client: {marketing}' '{bank}/r1/{population}/persons/persons/{pin}'   # refused",
+        f"curl -s -H 'Accept: application/json' '{bank}/listClients'",
+        f"curl -s -H 'X-API-Key: {audit_key}' '{audit_api}/api/v1/audit/records?person={pin}'",
         f"curl -s -H 'X-API-Key: {info['management_api_key']}' '{info['management_api']}/status'",
     ]
 
@@ -316,17 +301,38 @@ def curl_examples(info: dict[str, Any]) -> list[str]:
 async def run_sandbox(
     state: Path, stop: asyncio.Event | None = None, ready: Callable[[Federation], None] | None = None
 ) -> None:
-    """``korpu up``: start the sandbox federation, write sandbox.json, print how to use it, run until stopped."""
-    federation = await start_federation(state, SANDBOX_AGENCIES)
+    """``korpu up``: the demo's federation (generated registries, six security servers) kept running.
+
+    Writes ``sandbox.json`` and prints how to use it; runs until ``stop`` is set (or the process is interrupted).
+    """
+    # The registries live in adapters/; imported here so a security server alone never loads them.
+    from adapters.registries.data import LICENSE_ACTIVITIES, REFERENCE_DATE, generate
+    from adapters.registries.db import RegistryDb
+    from adapters.registries.federation import national_agencies
+
+    url = f"sqlite:///{state / 'registries.db'}"
+    await asyncio.to_thread(generate, url, scale="small")
+    reader = RegistryDb(url).reader()
+    try:
+        row = reader.one(
+            "SELECT p.pin, t.tin FROM persons p JOIN taxpayers t ON t.pin = p.pin"
+            " WHERE EXISTS (SELECT 1 FROM labor_contracts c WHERE c.employee_pin = p.pin AND c.status = 'active')"
+            " ORDER BY p.pin LIMIT 1"
+        )
+    finally:
+        reader.close()
+    cast = {"pin": str(row[0]) if row else "", "tin": str(row[1]) if row else "", "activity": LICENSE_ACTIVITIES[0]}
+    federation = await start_federation(state, national_agencies(url, today=REFERENCE_DATE.isoformat()))
     try:
         path = write_sandbox_json(federation)
         info = sandbox_json(federation)
         print(f"Körpü sandbox running (state in {state}); everything is in {path}", flush=True)
         print(f"  central server   {info['central_server']}  (management API key in sandbox.json)")
         for code, server in info["security_servers"].items():
-            print(f"  {code:<16} client proxy {server['client_proxy']}  clients {', '.join(server['clients'])}")
+            clients = ", ".join(server["clients"]) or "-"
+            print(f"  {code:<16} client proxy {server['client_proxy']}  clients {clients}")
         print("Try:")
-        for line in curl_examples(info):
+        for line in curl_examples(info, cast):
             print(f"  {line}")
         print("Press Ctrl-C to stop.", flush=True)
         if ready is not None:

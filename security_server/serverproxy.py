@@ -246,7 +246,7 @@ class Authorize:
         ex.decision = decision
         if not decision.allowed:
             # Logged first (LogRequest), then refused (Enforce): a denied attempt is evidence too.
-            ex.extra["denied"] = AccessDenied(f"Request is not allowed: {service.encoded()}")
+            ex.extra["denied"] = AccessDenied(f"Request is not allowed: {service.encoded()}", origin=ORIGIN)
 
 
 class Enforce:

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from security_server.sandbox import Federation, curl_examples, run_sandbox
+from security_server.sandbox import Federation, run_sandbox
 
 pytestmark = [pytest.mark.functional]
 
@@ -38,22 +38,23 @@ async def test_up_writes_sandbox_json_and_serves(tmp_path: Path, capsys: pytest.
             assert info[key], key
         assert Path(info["anchor"]).is_file()
         assert Path(info["ca_certificate"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
-        ss_a, ss_b = info["security_servers"]["ss-a"], info["security_servers"]["ss-b"]
-        assert ss_a["clients"] == ["AZ/GOV/1000000001/client"]
-        assert "AZ/GOV/1000000002/services/hello" in ss_b["services"]
-        assert ss_a["admin_api_key"]
+        servers = info["security_servers"]
+        assert sorted(servers) == ["ss-bank", "ss-labor", "ss-licensing", "ss-population", "ss-portal", "ss-tax"]
+        assert servers["ss-bank"]["clients"] == ["AZ/COM/9900001111/loans", "AZ/COM/9900001111/marketing"]
+        assert "AZ/GOV/1100000011/population/persons" in servers["ss-population"]["services"]
+        assert all(s["admin_api_key"] for s in servers.values())
         printed = capsys.readouterr().out
-        for example in curl_examples(info):
-            assert example in printed
+        examples = [line.strip() for line in printed.splitlines() if line.strip().startswith("curl ")]
+        assert len(examples) == 8
+        # The first printed example (the bank reads a person) answers with that person.
+        url = examples[0].rsplit(" ", 1)[1].strip("'")
+        pin = url.rsplit("/", 1)[1]
         async with (
             aiohttp.ClientSession() as http,
-            http.get(
-                f"{ss_a['client_proxy']}/r1/AZ/GOV/1000000002/services/hello/hello?name=Aysel",
-                headers={"X-Road-Client": ss_a["clients"][0]},
-            ) as resp,
+            http.get(url, headers={"X-Road-Client": "AZ/COM/9900001111/loans"}) as resp,
         ):
             assert resp.status == 200
-            assert (await resp.json())["message"] == "Hello, Aysel!"
+            assert (await resp.json())["pin"] == pin
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
