@@ -7,6 +7,7 @@ rules (``local_groups``, ``grants``, ``denies``), the listeners and the limits.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -236,9 +237,9 @@ class ServerConfig:
         if len(keys) != len(set(keys)):
             raise ValueError("services: a service is listed twice")
 
-    @property
+    @functools.cached_property
     def id(self) -> SecurityServerId:
-        """The identifier of this server."""
+        """The identifier of this server (parsed once: the proxies ask on every message)."""
         return SecurityServerId.parse(self.server_id)
 
     @property

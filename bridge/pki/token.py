@@ -65,6 +65,7 @@ class SoftwareToken:
         self._pin = pin.encode()
         self._index = index
         self._keys: dict[str, PrivateKey] = {}
+        self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.RLock()
 
     # Creating and opening ------------------------------------------------------------------------------------
@@ -174,15 +175,26 @@ class SoftwareToken:
         if cert.public_key() != public:
             raise TokenError(f"the certificate does not belong to the key labelled {label!r}")
         write_atomic(self._cert_path(label), cert.public_bytes(serialization.Encoding.PEM), mode=0o600)
+        self._certs[label] = cert
 
     def certificate(self, label: str) -> x509.Certificate | None:
-        """The certificate stored for ``label``, or ``None`` if there is none yet."""
+        """The certificate stored for ``label``, or ``None`` if there is none yet.
+
+        A certificate once read is kept in memory: the proxies ask for it on every message, and reading and parsing
+        a file there would be blocking I/O on the hot path.  A missing one is looked for again on each call, so a
+        certificate installed by another process (``korpu ss status``) is picked up.
+        """
+        cached = self._certs.get(label)
+        if cached is not None:
+            return cached
         _check_label(label)
         try:
             data = self._cert_path(label).read_bytes()
         except FileNotFoundError:
             return None
-        return x509.load_pem_x509_certificate(data)
+        cert = x509.load_pem_x509_certificate(data)
+        self._certs[label] = cert
+        return cert
 
     # Internals ------------------------------------------------------------------------------------------------
 
