@@ -244,6 +244,8 @@ def sandbox_json(federation: Federation) -> dict[str, Any]:
             "state_dir": str(runtime.state_dir),
         }
     return {
+        # A sandbox's throwaway token PIN, so its state can be reused with `korpu … serve` (file mode 0600).
+        "token_pin": federation.pin,
         "central_server": federation.central_url,
         "management_api": f"{federation.central_url}/api/v1",
         "management_api_key": federation.admin_key,
