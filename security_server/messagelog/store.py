@@ -16,13 +16,18 @@ Durability
       trades away exactly this guarantee).
 
 Bodies
-    Stored parts live in a content-addressed directory next to the database, ``<dir>/bodies/ab/cd/<sha512 hex>``,
+    A small part (at most :data:`INLINE_BODY_MAX` bytes: envelopes, descriptors) is stored inline in
+    ``log_inline_bodies``, in the same transaction as the records naming it (insert-or-ignore: deduplicated by
+    digest), so a group of small messages costs one database transaction and no file.  Larger parts live in a
+    content-addressed directory next to the database, ``<dir>/bodies/ab/cd/<sha512 hex>``,
     deduplicated by digest.  Each body is written to a temporary file, the file data is flushed, the file renamed
     into place, and the rename flushed — all before the database transaction commits, so a committed record never
     names a missing or partial body, and a file under a digest name is always complete.  A crash after the bodies
     but before the commit leaves unreferenced bodies behind: harmless (they are content-addressed), but nothing
     collects them yet (an open point).  :meth:`SqlLogStore.delete_through` unlinks the bodies no remaining record
-    names, found through ``log_bodies``.  On Linux the flushes are one ``syncfs(2)`` per group instead of an
+    names, found through ``log_bodies``, and deletes the inline ones (both after its commit, under the body lock,
+    like the files).  :meth:`SqlLogStore.body` reads inline first, then the file (logs written before migration 3
+    keep their small bodies as files).  On Linux the flushes are one ``syncfs(2)`` per group instead of an
     fsync per file and per directory (measured 5 µs against 200 µs a file); elsewhere each file and directory is
     fsynced.
     With PostgreSQL the bodies still stay in the node's directory: a cluster of nodes needs that directory on
@@ -37,6 +42,7 @@ Schema (migrations numbered in :data:`MIGRATIONS`, applied ones listed in ``sche
                      records are deleted oldest first, so "last_seq <= deleted through" means "no reference left".
                      Chosen over scanning the remaining records' parts at delete time, which grows with the live
                      log and would hold the write lock that long; the upsert costs appends a few percent;
+    ``log_inline_bodies``  ``(sha512 hex, data)``: the bodies stored inline (see Bodies);
     ``log_pruned``   one row once records were deleted: the last deleted seq and hash (the head of an emptied
                      log, the end of the timestamped range when no batch row is left) and the last batch id.
 
@@ -82,7 +88,7 @@ from bridge.messagelog import GENESIS_HASH, LogRecord, canonical
 from bridge.spool import CHUNK_SIZE, Spool
 from security_server.messagelog import Batch, LogQuery
 
-__all__ = ["MIGRATIONS", "SealedRow", "SqlLogStore", "normalise_time", "sealed_row"]
+__all__ = ["INLINE_BODY_MAX", "MIGRATIONS", "SealedRow", "SqlLogStore", "normalise_time", "sealed_row"]
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +120,8 @@ class Migration:
     backfill: Callable[[Any, Callable[[str], str], Dialect], None] | None = None
 
 
+#: Largest body (bytes) stored inline in ``log_inline_bodies`` rather than as a file.
+INLINE_BODY_MAX = 64 * 1024
 #: Records read per page while deleting their ``(person, seq)`` index rows.
 _PRUNE_CHUNK = 1000
 #: Body files unlinked per hold of the body lock: appends wait for at most one chunk (unlink took 20 µs to 2 ms
@@ -201,6 +209,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX log_records_batch ON log_records (batch_id)",
         ),
         backfill=_backfill_body_refs,
+    ),
+    Migration(
+        3,
+        "small bodies inline",
+        # Bodies of at most INLINE_BODY_MAX bytes, written in the records' transaction (no file, no syncfs).
+        # A rowid table on SQLite: WITHOUT ROWID suits small rows, not values of up to 64 KiB.
+        ("CREATE TABLE log_inline_bodies (sha512 TEXT PRIMARY KEY, data {blob} NOT NULL)",),
     ),
 )
 
@@ -420,6 +435,32 @@ def _copy_spool(spool: Spool, fd: int) -> None:
         raise ValueError("a body is shorter than its spool says (closed too early?)")
 
 
+def _spool_bytes(spool: Spool, digest: str) -> bytes:
+    """A small spool's bytes, checked against its name and its size (see :func:`_copy_spool`)."""
+    if spool.digest.hex() != digest:
+        raise ValueError("a body's digest does not match its name")
+    data = spool.getvalue() if spool.in_memory else spool._read_at(0, spool.size)
+    if len(data) != spool.size:
+        raise ValueError("a body is shorter than its spool says (closed too early?)")
+    return data
+
+
+def _insert_inline_bodies(conn: Any, dialect: Dialect, rows: list[tuple[str, bytes]]) -> None:
+    """Store ``(digest hex, bytes)`` rows inline, keeping a row already there (same digest, same bytes)."""
+    if not rows:
+        return
+    if dialect == "sqlite":
+        conn.executemany(
+            "INSERT INTO log_inline_bodies (sha512, data) VALUES (?, ?) ON CONFLICT (sha512) DO NOTHING", rows
+        )
+        return
+    conn.execute(
+        "INSERT INTO log_inline_bodies (sha512, data) SELECT * FROM unnest(%s::text[], %s::bytea[])"
+        " ON CONFLICT (sha512) DO NOTHING",
+        ([d for d, _ in rows], [b for _, b in rows]),
+    )
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -619,14 +660,22 @@ class SqlLogStore:
         first = rows[0].record
         with self._bodies_locked(exclusive=False):
             # (2) Every stored part has its body, given now or stored before (and, under the body lock, not
-            #     unlinked by delete_through before the records below commit).
-            for row in rows:
-                for part in row.record.parts:
-                    if part.stored and part.sha512 not in bodies and not self._bodies.exists(part.sha512):
-                        raise LoggingFailed("a logged part marked as stored has no body")
-            # (3) Bodies are durable before the records that name them commit.
+            #     unlinked or deleted by delete_through before the records below commit).
+            missing = {
+                part.sha512
+                for row in rows
+                for part in row.record.parts
+                if part.stored and part.sha512 not in bodies and not self._bodies.exists(part.sha512)
+            }
+            if missing and len(self._inline_present(missing)) != len(missing):
+                raise LoggingFailed("a logged part marked as stored has no body")
+            # (3) Small bodies go inline, in the records' transaction below; large ones are durable files before
+            #     the records that name them commit.
             try:
-                self._bodies.write(bodies)
+                inline = [(d, _spool_bytes(s, d)) for d, s in bodies.items() if s.size <= INLINE_BODY_MAX]
+                self._bodies.write(
+                    bodies if not inline else {d: s for d, s in bodies.items() if s.size > INLINE_BODY_MAX}
+                )
             except (OSError, ValueError) as exc:
                 log.error("message log body write failed", error=type(exc).__name__)
                 raise LoggingFailed("the message log could not store a message body") from exc
@@ -642,6 +691,14 @@ class SqlLogStore:
                 if person_params:
                     self._insert(conn, "log_persons", "person, seq", person_params)
                 _upsert_body_refs(conn, self.dialect, body_refs)
+                _insert_inline_bodies(conn, self.dialect, inline)
+
+    def _inline_present(self, digests: Sequence[str] | set[str]) -> set[str]:
+        """Those of ``digests`` stored inline."""
+        digests = list(digests)
+        marks = ", ".join("?" * len(digests))
+        rows = self._query(f"SELECT sha512 FROM log_inline_bodies WHERE sha512 IN ({marks})", digests)  # noqa: S608
+        return {str(row[0]) for row in rows}
 
     def _insert(self, conn: Any, table: str, columns: str, params: list[tuple[Any, ...]]) -> None:
         if self.dialect == "sqlite":
@@ -697,8 +754,9 @@ class SqlLogStore:
         ``last_seq`` must be the last record of a timestamped batch (:class:`InvalidState` otherwise, nothing
         changed): archives hold whole batches, and every remaining record stays in a complete batch.  The rows go
         in one transaction; ``log_pruned`` keeps the deleted head's seq and hash, so :meth:`head` and appends
-        continue the chain even when no record is left.  Body files are unlinked after the commit (a crash in
-        between leaves unreferenced files, as a crashed append can); a body that a newer record names stays.
+        continue the chain even when no record is left.  Body files are unlinked and inline bodies deleted after the
+        commit (a crash in between leaves unreferenced bodies, as a crashed append can); a body that a newer record
+        names stays.
         """
         with self._writing() as conn:
             # (1) A batch ends exactly at last_seq.
@@ -770,10 +828,12 @@ class SqlLogStore:
                 fcntl.flock(self._body_lock_fd, fcntl.LOCK_UN)
 
     def _unlink_bodies(self, digests: list[str]) -> None:
-        """Unlink body files no record names, a chunk per hold of the body lock so appends wait only briefly.
+        """Remove bodies no record names, a chunk per hold of the body lock so appends wait only briefly.
 
         Under the lock a digest that an append has named again since the delete committed is skipped: that
-        append found the file present and did not write it again.
+        append found the body present and did not write it again.  Inline bodies are deleted in one transaction
+        per chunk; files are unlinked (a digest is in one place or the other, so most unlinks of an inline
+        body's digest find no file).
         """
         removed = 0
         for start in range(0, len(digests), _UNLINK_CHUNK):
@@ -787,9 +847,16 @@ class SqlLogStore:
                         [bytes.fromhex(d) for d in chunk],
                     )
                 }
-                for digest in chunk:
-                    if digest in named:
-                        continue
+                unnamed = [d for d in chunk if d not in named]
+                if unnamed:
+                    marks = ", ".join("?" * len(unnamed))
+                    with self._writing() as conn:
+                        cur = conn.execute(
+                            self._sql(f"DELETE FROM log_inline_bodies WHERE sha512 IN ({marks})"),  # noqa: S608
+                            unnamed,
+                        )
+                        removed += max(cur.rowcount, 0)
+                for digest in unnamed:
                     try:
                         os.unlink(self._bodies.path(digest))
                         removed += 1
@@ -848,7 +915,12 @@ class SqlLogStore:
         return [_parse(row[0]) for row in self._query(sql, [*params, limit])]
 
     def body(self, sha512_hex: str) -> bytes | None:
-        """A stored part's bytes, or ``None`` if not kept."""
+        """A stored part's bytes (inline, else from its file), or ``None`` if not kept."""
+        if not _HEX512.fullmatch(sha512_hex):
+            return None
+        rows = self._query("SELECT data FROM log_inline_bodies WHERE sha512 = ?", (sha512_hex,))
+        if rows:
+            return bytes(rows[0][0])
         try:
             return self._bodies.read(sha512_hex)
         except ValueError:

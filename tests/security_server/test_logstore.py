@@ -13,7 +13,7 @@ from bridge.errors import InvalidState, LoggingFailed
 from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import LogQuery
-from security_server.messagelog.store import SqlLogStore, normalise_time
+from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, normalise_time
 
 SERVER = "SERVER:AZ/GOV/1400057421/ss1"
 BANK = "SUBSYSTEM:AZ/COM/9900001111/loans"
@@ -89,7 +89,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
     second = SqlLogStore(db_url, tmp_path / "log")
     try:
         assert second.records(1, 1) == records
-        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
     finally:
         second.close()
 
@@ -181,7 +181,7 @@ def test_person_query_walks_the_person_index_in_order(
 
 def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -> None:
     """Stored parts read back byte for byte; the same body logged twice is one file; unknown digests give None."""
-    envelope = b"<Envelope>" + os.urandom(3000) + b"</Envelope>"
+    envelope = b"<Envelope>" + os.urandom(INLINE_BODY_MAX) + b"</Envelope>"  # large: a file
     part, bodies = part_with_body(envelope)
     attachment_part, attachment = part_with_body(b"%PDF-1.7 attachment", "attachment")
     records = seal_all(
@@ -196,7 +196,41 @@ def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -
     expected = tmp_path / "log" / "bodies" / part.sha512[:2] / part.sha512[2:4] / part.sha512
     assert expected.read_bytes() == envelope
     stored_files = sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
-    assert stored_files == sorted([part.sha512, attachment_part.sha512])
+    assert stored_files == [part.sha512]  # the small attachment is inline
+
+
+def body_files(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
+
+
+def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_both(
+    store: SqlLogStore, tmp_path: Path
+) -> None:
+    """A body of at most INLINE_BODY_MAX bytes is a database row (no file), a larger one a file; both read back.
+
+    delete_through removes an inline body no remaining record names, and keeps one a later record shares.
+    """
+    small = b"<descriptor/>" + b"x" * (INLINE_BODY_MAX - 13)
+    assert len(small) == INLINE_BODY_MAX
+    large = small + b"!"
+    own, own_bodies = part_with_body(small)
+    shared, shared_bodies = part_with_body(b"<shared/>", "shared")
+    big, big_bodies = part_with_body(large, "big")
+    records = seal_all(
+        [make_record(1, parts=(own, shared, big)), make_record(2), make_record(3, parts=(shared,)), make_record(4)]
+    )
+    store.append(records[:2], {**own_bodies, **shared_bodies, **big_bodies})
+    store.append(records[2:], {})  # the shared inline body is named again without being re-sent
+    assert body_files(tmp_path) == [big.sha512]
+    inline = store._query("SELECT sha512 FROM log_inline_bodies ORDER BY sha512")
+    assert inline == sorted([(own.sha512,), (shared.sha512,)])
+    assert (store.body(own.sha512), store.body(shared.sha512), store.body(big.sha512)) == (small, b"<shared/>", large)
+    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
+    store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
+    store.delete_through(2)
+    assert store._query("SELECT sha512 FROM log_inline_bodies") == [(shared.sha512,)]
+    assert (store.body(own.sha512), store.body(big.sha512), body_files(tmp_path)) == (None, None, [])
+    assert store.body(shared.sha512) == b"<shared/>"
 
 
 def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
