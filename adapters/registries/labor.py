@@ -63,7 +63,7 @@ import json
 import re
 import secrets
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -128,6 +128,29 @@ def json_response(status: int, body: Any, headers: tuple[tuple[str, str], ...] =
 def error_response(error: BusinessError) -> AdapterResponse:
     """The JSON business error for ``error``."""
     return json_response(error.status, {"error": error.code, "message": error.message})
+
+
+Handler = Callable[..., Awaitable[AdapterResponse]]
+Route = tuple[str, re.Pattern[str], Handler]  # (method, path pattern, handler(request, *captured))
+
+
+def find_route(routes: Sequence[Route], request: AdapterRequest) -> tuple[Handler, tuple[str, ...]]:
+    """The handler for ``request``'s method and path, with the path's captured parameters.
+
+    Raises :class:`BusinessError` 405 ``method_not_allowed`` when the path is known but not for this method, and
+    404 ``not_found`` when no route matches the path.
+    """
+    path_known = False
+    for method, pattern, handler in routes:
+        match = pattern.match(request.path)
+        if match is None:
+            continue
+        path_known = True
+        if method == request.method:
+            return handler, match.groups()
+    if path_known:
+        raise BusinessError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+    raise BusinessError(404, "not_found", f"no such resource: {request.path}")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -387,7 +410,7 @@ class LaborRegistry:
         self._bus = bus
         self._tax_service = tax_service
         self._today = today
-        self._routes: tuple[tuple[str, re.Pattern[str], Callable[..., Any]], ...] = (
+        self._routes: tuple[Route, ...] = (
             ("POST", re.compile(r"^/contracts$"), self._register),
             ("GET", re.compile(r"^/contracts/([^/]+)$"), self._get),
             ("PUT", re.compile(r"^/contracts/([^/]+)$"), self._modify),
@@ -400,18 +423,8 @@ class LaborRegistry:
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
         """Route one REST request; business errors become JSON 4xx answers."""
         try:
-            path_known = False
-            for method, pattern, handler in self._routes:
-                match = pattern.match(request.path)
-                if match is None:
-                    continue
-                path_known = True
-                if method == request.method:
-                    result: AdapterResponse = await handler(request, *match.groups())
-                    return result
-            if path_known:
-                raise BusinessError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
-            raise BusinessError(404, "not_found", f"no such resource: {request.path}")
+            handler, params = find_route(self._routes, request)
+            return await handler(request, *params)
         except BusinessError as error:
             return error_response(error)
 

@@ -73,9 +73,11 @@ from adapters.registries.data import LICENSE_ACTIVITIES, LICENSE_YEARS
 from adapters.registries.db import RegistryDb
 from adapters.registries.labor import (
     BusinessError,
+    Route,
     Transaction,
     check_identifiers,
     error_response,
+    find_route,
     json_response,
     parse_json_object,
     text_field,
@@ -264,7 +266,7 @@ class LicensingRegistry:
         self._population_service = population_service
         self._today = today
         self._schema_ready = False
-        self._routes: tuple[tuple[str, re.Pattern[str], Callable[..., Any]], ...] = (
+        self._routes: tuple[Route, ...] = (
             ("POST", re.compile(r"^/applications$"), self._apply),
             ("GET", re.compile(r"^/applications/([^/]+)$"), self._get_application),
             ("POST", re.compile(r"^/applications/([^/]+)/retry$"), self._retry),
@@ -275,20 +277,10 @@ class LicensingRegistry:
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
         """Route one REST request; business errors become JSON 4xx answers."""
         try:
-            path_known = False
-            for method, pattern, handler in self._routes:
-                match = pattern.match(request.path)
-                if match is None:
-                    continue
-                path_known = True
-                if method == request.method:
-                    if not self._schema_ready:
-                        await asyncio.to_thread(self._ensure_schema)
-                    result: AdapterResponse = await handler(request, *match.groups())
-                    return result
-            if path_known:
-                raise BusinessError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
-            raise BusinessError(404, "not_found", f"no such resource: {request.path}")
+            handler, params = find_route(self._routes, request)
+            if not self._schema_ready:
+                await asyncio.to_thread(self._ensure_schema)
+            return await handler(request, *params)
         except BusinessError as error:
             return error_response(error)
 
