@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,16 @@ import pytest
 from lxml import etree
 
 from adapters.base import AdapterContext, AdapterRequest, DescribedAdapter, create
-from adapters.registries.data import REFERENCE_DATE, generate
+from adapters.registries.data import REFERENCE_DATE
 from adapters.registries.db import RegistryDb
 from adapters.registries.population import NAMESPACE, PopulationRegister, factory, openapi, wsdl
 from bridge.errors import ConfigError
 from bridge.identifiers import ServiceId, parse_client
 from bridge.message import MessageHeader, Protocol
+from tests.adapters.support import bank_rest, query
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XRD = "http://x-road.eu/xsd/xroad.xsd"
-
-
-@pytest.fixture(scope="module")
-def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small generated registries database."""
-    path = tmp_path_factory.mktemp("population") / "registries.db"
-    generate(f"sqlite:///{path}", scale="small")
-    return path
 
 
 @pytest.fixture
@@ -43,19 +35,8 @@ def register_(db_path: Path) -> PopulationRegister:
     return PopulationRegister(RegistryDb(f"sqlite:///{db_path}"), today=lambda: REFERENCE_DATE)
 
 
-def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def rest(path: str, query_string: str = "", method: str = "GET") -> AdapterRequest:
-    header = MessageHeader(
-        protocol=Protocol.REST,
-        client=parse_client("AZ/COM/9900001111/loans"),
-        service=ServiceId.parse("AZ/GOV/1100000011/population/persons"),
-        message_id="msg-1",
-    )
-    return AdapterRequest(Protocol.REST, header, method, path, query_string, (), b"")
+    return bank_rest("AZ/GOV/1100000011/population/persons", path, query_string, method)
 
 
 def soap(pin: str, operation: str = "getPerson", namespace: str = NAMESPACE) -> AdapterRequest:

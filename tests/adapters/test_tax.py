@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,9 @@ from adapters.base import AdapterContext, AdapterRequest, DescribedAdapter, crea
 from adapters.registries.data import generate
 from adapters.registries.db import RegistryDb
 from adapters.registries.tax import TaxService, openapi
-from bridge.identifiers import ServiceId, parse_client
-from bridge.message import MessageHeader, Protocol
+from tests.adapters.support import bank_rest, query
 
 NOW = dt.datetime(2026, 4, 2, 9, 30, tzinfo=dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small generated registries database."""
-    path = tmp_path_factory.mktemp("tax") / "registries.db"
-    generate(f"sqlite:///{path}", scale="small")
-    return path
 
 
 @pytest.fixture
@@ -41,19 +31,8 @@ def tax(db_path: Path) -> TaxService:
     return TaxService(RegistryDb(f"sqlite:///{db_path}"), now=lambda: NOW)
 
 
-def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def rest(path: str, query_string: str = "", method: str = "GET") -> AdapterRequest:
-    header = MessageHeader(
-        protocol=Protocol.REST,
-        client=parse_client("AZ/COM/9900001111/loans"),
-        service=ServiceId.parse("AZ/GOV/1300000013/etax/taxpayers"),
-        message_id="msg-1",
-    )
-    return AdapterRequest(Protocol.REST, header, method, path, query_string, (), b"")
+    return bank_rest("AZ/GOV/1300000013/etax/taxpayers", path, query_string, method)
 
 
 async def get(tax: TaxService, path: str, query_string: str = "") -> tuple[int, Any]:
