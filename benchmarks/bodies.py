@@ -45,11 +45,11 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from security_server.sandbox import AgencySpec, ServiceSpec, free_port, start_federation
+from tests.streaming import CHUNK, streaming_app
 
 LOANS = "AZ/COM/9900001111/loans"
 BANK_CLIENT = "SUBSYSTEM:AZ/COM/9900001111/loans"
 STREAM = "/r1/AZ/GOV/1400057421/population/stream"
-CHUNK = b"\x5a" * (1 << 20)
 TARGET_MB = 50.0
 SERVERS = ("ss-b", "ss-a")  # provider first: the consumer's first exchange needs it listening
 
@@ -72,31 +72,9 @@ def agencies(stream_url: str) -> tuple[AgencySpec, ...]:
 # The backend (child process) ------------------------------------------------------------------------------------------
 
 
-async def _upload(request: web.Request) -> web.Response:
-    digest, size = hashlib.sha512(), 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-    return web.json_response({"size": size, "sha512": digest.hexdigest()})
-
-
-async def _download(request: web.Request) -> web.StreamResponse:
-    mib = int(request.query.get("mib", "1"))
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = mib * len(CHUNK)
-    await response.prepare(request)
-    for _ in range(mib):
-        await response.write(CHUNK)
-    await response.write_eof()
-    return response
-
-
 def serve_backend(port: int) -> None:
     """The provider's streaming information system on 127.0.0.1:``port`` (runs until terminated)."""
-    app = web.Application(client_max_size=1 << 40)
-    app.router.add_post("/upload", _upload)
-    app.router.add_get("/download", _download)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(streaming_app(), host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 # Processes ------------------------------------------------------------------------------------------------------------

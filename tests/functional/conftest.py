@@ -7,7 +7,6 @@ provider information system reached over HTTP that hashes uploads and streams do
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +17,9 @@ from aiohttp import web
 from adapters.testservice import wsdl as test_service_wsdl
 from security_server.config import PersonField
 from security_server.sandbox import AgencySpec, Federation, ServiceSpec, free_port, start_federation
+from tests.streaming import streaming_app
 
 BANK_CLIENT = "SUBSYSTEM:AZ/COM/9900001111/loans"
-CHUNK = b"\x5a" * (1 << 20)
 #: The OpenAPI 3 description the ministry publishes for REST ``hello`` (served by the ``getOpenAPI`` metaservice).
 HELLO_OPENAPI = json.dumps(
     {
@@ -89,34 +88,10 @@ def agencies(stream_url: str) -> tuple[AgencySpec, ...]:
     )
 
 
-async def _upload(request: web.Request) -> web.Response:
-    """Hash the upload as it streams in; answer its size and SHA-512."""
-    digest, size = hashlib.sha512(), 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-    return web.json_response({"size": size, "sha512": digest.hexdigest()})
-
-
-async def _download(request: web.Request) -> web.StreamResponse:
-    """Stream ``n`` MiB of a fixed byte without holding them."""
-    mib = int(request.query.get("mib", "1"))
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = mib * len(CHUNK)
-    await response.prepare(request)
-    for _ in range(mib):
-        await response.write(CHUNK)
-    await response.write_eof()
-    return response
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stream_backend() -> AsyncIterator[str]:
     """The ministry's streaming information system on loopback; yields its base URL."""
-    app = web.Application(client_max_size=1 << 40)
-    app.router.add_post("/upload", _upload)
-    app.router.add_get("/download", _download)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(streaming_app(), access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

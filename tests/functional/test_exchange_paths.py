@@ -20,7 +20,7 @@ from bridge.identifiers import SecurityServerId
 from bridge.signature import MessageSigner
 from security_server.runtime import ServerRuntime
 from security_server.sandbox import Federation, free_port
-from tests.functional.conftest import CHUNK
+from tests.streaming import CHUNK
 from tests.support.relay import Relay
 
 pytestmark = [pytest.mark.functional, pytest.mark.asyncio(loop_scope="module")]
