@@ -26,6 +26,7 @@ __all__ = [
     "clock",
     "database",
     "error",
+    "error_schema",
     "json_answer",
 ]
 
@@ -37,14 +38,23 @@ TIN_PATTERN = re.compile(r"[0-9]{10}")
 DOCUMENT_PATTERN = re.compile(r"(?:AZE|C)[0-9]{8}")
 
 
-def json_answer(status: int, body: Any) -> AdapterResponse:
+def json_answer(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> AdapterResponse:
     """A JSON answer (UTF-8, non-ASCII letters kept as they are)."""
-    return AdapterResponse(status, json.dumps(body, ensure_ascii=False).encode(), "application/json")
+    return AdapterResponse(status, json.dumps(body, ensure_ascii=False).encode(), "application/json", headers)
 
 
 def error(status: int, code: str, message: str) -> AdapterResponse:
     """A business error: ``status`` with ``{"error": code, "message": message}``."""
     return json_answer(status, {"error": code, "message": message})
+
+
+def error_schema() -> dict[str, Any]:
+    """The OpenAPI schema of a business error, for the registries' service descriptions."""
+    return {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    }
 
 
 def database(context: AdapterContext, adapter: str) -> RegistryDb:

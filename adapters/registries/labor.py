@@ -78,7 +78,8 @@ from adapters.base import (
     ServiceDescription,
     register,
 )
-from adapters.registries import PIN_PATTERN, TIN_PATTERN, clock, database
+from adapters.registries import PIN_PATTERN, TIN_PATTERN, clock, database, error_schema, json_answer
+from adapters.registries import error as error_answer
 from adapters.registries.db import RegistryDb
 from bridge.errors import ConfigError
 
@@ -120,14 +121,9 @@ class BusinessError(Exception):
         self.message = message
 
 
-def json_response(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> AdapterResponse:
-    """A JSON answer (UTF-8, non-ASCII kept)."""
-    return AdapterResponse(status, json.dumps(body, ensure_ascii=False).encode(), "application/json", headers)
-
-
 def error_response(error: BusinessError) -> AdapterResponse:
     """The JSON business error for ``error``."""
-    return json_response(error.status, {"error": error.code, "message": error.message})
+    return error_answer(error.status, error.code, error.message)
 
 
 Handler = Callable[..., Awaitable[AdapterResponse]]
@@ -447,11 +443,11 @@ class LaborRegistry:
         if self._bus is not None:
             await self._check_employer_over_bus(new.employer_tin, request.header.user_id)
         contract = await asyncio.to_thread(self._insert, new)
-        return json_response(201, {"id": contract.id, "status": contract.status, "contract": contract.to_json()})
+        return json_answer(201, {"id": contract.id, "status": contract.status, "contract": contract.to_json()})
 
     async def _get(self, _request: AdapterRequest, contract_id: str) -> AdapterResponse:
         contract = await asyncio.to_thread(self._load, contract_id)
-        return json_response(200, contract.to_json())
+        return json_answer(200, contract.to_json())
 
     async def _modify(self, request: AdapterRequest, contract_id: str) -> AdapterResponse:
         data = parse_json_object(request.body)
@@ -467,7 +463,7 @@ class LaborRegistry:
             # An explicit null makes a fixed-term contract open-ended.
             changes["end_date"] = date_field(data, "end_date", required=False)
         contract = await asyncio.to_thread(self._update, contract_id, changes)
-        return json_response(200, contract.to_json())
+        return json_answer(200, contract.to_json())
 
     async def _terminate(self, request: AdapterRequest, contract_id: str) -> AdapterResponse:
         data = parse_json_object(request.body)
@@ -476,13 +472,13 @@ class LaborRegistry:
         reason = text_field(data, "reason")
         assert day is not None and reason is not None
         contract = await asyncio.to_thread(self._end, contract_id, day, reason)
-        return json_response(200, contract.to_json())
+        return json_answer(200, contract.to_json())
 
     async def _employee_contracts(self, _request: AdapterRequest, pin: str) -> AdapterResponse:
         today = self._today()
         contracts = await asyncio.to_thread(self._of_employee, pin)
         current = [c for c in contracts if c.status == "active" and (c.end_date is None or c.end_date >= today)]
-        return json_response(200, {"pin": pin, "contracts": [c.to_json() for c in current]})
+        return json_answer(200, {"pin": pin, "contracts": [c.to_json() for c in current]})
 
     async def _reference(self, _request: AdapterRequest, pin: str) -> AdapterResponse:
         today = self._today()
@@ -509,7 +505,7 @@ class LaborRegistry:
             "total_monthly_salary": _money(sum((c.salary for c in jobs), Decimal("0"))),
             "currency": CURRENCY,
         }
-        return json_response(200, body)
+        return json_answer(200, body)
 
     async def _employer_contracts(self, request: AdapterRequest, tin: str) -> AdapterResponse:
         status = parse_qs(request.query).get("status", ["active"])[0]
@@ -518,7 +514,7 @@ class LaborRegistry:
         contracts = await asyncio.to_thread(self._of_employer, tin)
         if status != "all":
             contracts = [c for c in contracts if c.status == status]
-        return json_response(200, {"tin": tin, "status": status, "contracts": [c.to_json() for c in contracts]})
+        return json_answer(200, {"tin": tin, "status": status, "contracts": [c.to_json() for c in contracts]})
 
     # Checks -----------------------------------------------------------------------------------------------------
 
@@ -899,11 +895,7 @@ def openapi() -> dict[str, Any]:
                         "currency": {"type": "string"},
                     },
                 },
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-                },
+                "Error": error_schema(),
             },
             "responses": {
                 "Error": {

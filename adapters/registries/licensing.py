@@ -68,7 +68,7 @@ from adapters.base import (
     ServiceDescription,
     register,
 )
-from adapters.registries import clock, database
+from adapters.registries import clock, database, error_schema, json_answer
 from adapters.registries.data import LICENSE_ACTIVITIES, LICENSE_YEARS
 from adapters.registries.db import RegistryDb
 from adapters.registries.labor import (
@@ -78,7 +78,6 @@ from adapters.registries.labor import (
     check_identifiers,
     error_response,
     find_route,
-    json_response,
     parse_json_object,
     text_field,
     write_transaction,
@@ -328,7 +327,7 @@ class LicensingRegistry:
         return self._decision_response(200, application)
 
     async def _get_application(self, _request: AdapterRequest, application_id: str) -> AdapterResponse:
-        return json_response(200, await asyncio.to_thread(self._load_application, application_id))
+        return json_answer(200, await asyncio.to_thread(self._load_application, application_id))
 
     async def _licenses(self, request: AdapterRequest) -> AdapterResponse:
         tin = parse_qs(request.query).get("tin", [""])[0].strip()
@@ -339,7 +338,7 @@ class LicensingRegistry:
             _SELECT_LICENSES_OF,
             (tin,),
         )
-        return json_response(200, {"tin": tin, "licenses": [self._license_json(r) for r in rows]})
+        return json_answer(200, {"tin": tin, "licenses": [self._license_json(r) for r in rows]})
 
     async def _verify(self, _request: AdapterRequest, number: str) -> AdapterResponse:
         row = None
@@ -352,7 +351,7 @@ class LicensingRegistry:
         if row is None:
             raise BusinessError(404, "license_not_found", f"no licence numbered {number}")
         license_ = self._license_json(row)
-        return json_response(200, {"valid": license_["valid"], **license_})
+        return json_answer(200, {"valid": license_["valid"], **license_})
 
     # The decision -----------------------------------------------------------------------------------------------
 
@@ -381,8 +380,8 @@ class LicensingRegistry:
                 "message": "a registry could not answer; the application is pending, retry it later",
                 **body,
             }
-            return json_response(503, body, (("Retry-After", str(RETRY_AFTER_S)),))
-        return json_response(status, body)
+            return json_answer(503, body, (("Retry-After", str(RETRY_AFTER_S)),))
+        return json_answer(status, body)
 
     # Blocking database work (worker threads) ---------------------------------------------------------------------
 
@@ -625,11 +624,7 @@ def openapi() -> dict[str, Any]:
                         "status": string,
                     },
                 },
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": string, "message": string},
-                },
+                "Error": error_schema(),
             },
             "responses": {
                 "Error": {

@@ -49,7 +49,7 @@ from adapters.base import (
     ServiceDescription,
     register,
 )
-from adapters.registries import DOCUMENT_PATTERN, PIN_PATTERN, clock, database, error, json_answer
+from adapters.registries import DOCUMENT_PATTERN, PIN_PATTERN, clock, database, error, error_schema, json_answer
 from adapters.registries.db import Reader, RegistryDb
 from bridge.errors import InvalidXml, KorpuError
 from bridge.message import Protocol
@@ -381,15 +381,7 @@ def openapi() -> dict[str, Any]:
             "responses": {
                 "Error": {
                     "description": "A business error",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["error", "message"],
-                                "properties": {"error": text, "message": text},
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": error_schema()}},
                 }
             },
         },

@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from adapters.base import AdapterContext, AdapterRequest, AdapterResponse, ServiceDescription, register
-from adapters.registries import PIN_PATTERN, TIN_PATTERN, database, error, json_answer
+from adapters.registries import PIN_PATTERN, TIN_PATTERN, database, error, error_schema, json_answer
 from adapters.registries.db import Reader, RegistryDb
 
 __all__ = ["REST_SERVICE", "TaxService", "factory", "openapi"]
@@ -340,15 +340,7 @@ def openapi() -> dict[str, Any]:
             "responses": {
                 "Error": {
                     "description": "A business error",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["error", "message"],
-                                "properties": {"error": text, "message": text},
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": error_schema()}},
                 }
             },
         },
