@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 from cryptography import x509
 
+from bridge.aio import running_task
 from bridge.errors import GlobalConfUnavailable, KorpuError, render_json
 from bridge.globalconf import (
     AccessRight,
@@ -213,13 +214,8 @@ class GlobalConfPublisher:
         """
         with contextlib.suppress(Exception):  # logged by regenerate(); the loop retries
             await self.regenerate()
-        task = asyncio.create_task(self.run(), name="globalconf-publisher")
-        try:
+        async with running_task(self.run(), "globalconf-publisher"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /globalconf``: the signed document (``application/xml``), or 503 before the first one exists."""

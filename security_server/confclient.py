@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from bridge.aio import running_task
 from bridge.anchor import ConfigurationAnchor
 from bridge.errors import (
     GlobalConfError,
@@ -223,13 +224,8 @@ class GlobalConfClient:
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Aiohttp ``cleanup_ctx`` entry: load the cache, run the loop while the app runs, cancel on shutdown."""
         self.load_cached()
-        task = asyncio.create_task(self.run(), name="globalconf-client")
-        try:
+        async with running_task(self.run(), "globalconf-client"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def status(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """A JSON-ready summary for the admin API and health checks."""

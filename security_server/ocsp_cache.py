@@ -17,7 +17,6 @@ CertificateChecker`), so neither side calls an OCSP responder per message.  This
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from bridge.aio import running_task
 from bridge.errors import CertificateInvalid, CertificateRevoked, KorpuError, UpstreamUnavailable
 from bridge.globalconf import ApprovedCA, GlobalConf
 from bridge.pki.ocsp import RevocationStatus, make_ocsp_request, request_nonce, verify_ocsp_response
@@ -242,13 +242,8 @@ class OwnOcspResponses:
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Aiohttp ``cleanup_ctx`` entry: run the refresh loop while the app runs, cancel it on shutdown."""
-        task = asyncio.create_task(self.run(), name="own-ocsp-responses")
-        try:
+        async with running_task(self.run(), "own-ocsp-responses"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def status(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """A JSON-ready summary per label for the admin API and health checks."""

@@ -33,6 +33,7 @@ import aiohttp
 import structlog
 from cryptography import x509
 
+from bridge.aio import running_task
 from bridge.errors import KorpuError, LoggingFailed, PkiError, TimestampingFailed
 from bridge.messagelog import merkle_root
 from bridge.pki.tsp import (
@@ -318,10 +319,5 @@ class Timestamper:
 
     async def running(self, _app: object = None) -> AsyncIterator[None]:
         """An aiohttp ``cleanup_ctx``: run the loop for the application's lifetime, cancel it at shutdown."""
-        task = asyncio.create_task(self.run(), name="korpu-timestamper")
-        try:
+        async with running_task(self.run(), "korpu-timestamper"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
