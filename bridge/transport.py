@@ -475,7 +475,16 @@ async def iter_message(manifest: Manifest, parts: Mapping[str, Spool]) -> AsyncI
             raise ValueError(f"part {info.name!r} has {spool.size} bytes, the manifest says {info.length}")
     if parts.keys() != {p.name for p in manifest.parts}:
         raise ValueError("spools given for parts the manifest does not list")
-    yield manifest.encode()
+    # Small pieces are joined up to CHUNK_SIZE: each piece yielded becomes its own write (a TLS record and a
+    # send(2)), and a small message would otherwise cost one per part; large parts still stream chunk by chunk.
+    pending: list[bytes] = [manifest.encode()]
+    size = len(pending[0])
     for info in manifest.parts:
         async for chunk in parts[info.name].chunks():
-            yield chunk
+            if size + len(chunk) > CHUNK_SIZE and pending:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
+            pending.append(chunk)
+            size += len(chunk)
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)

@@ -277,6 +277,21 @@ async def test_iter_message_refuses_mismatched_spools() -> None:
             await anext(iter_message(manifest, spools))
 
 
+async def test_iter_message_joins_small_pieces_and_streams_large_parts() -> None:
+    """A small message is one piece (one write on the wire); large parts still come in bounded chunks."""
+    small = {"message": b"<soap/>", "body": b"b" * 300, "attachment-1": b"a" * 5000}
+    manifest = manifest_for(small)
+    pieces = [c async for c in iter_message(manifest, {n: Spool.from_bytes(d) for n, d in small.items()})]
+    assert pieces == [manifest.encode() + b"".join(small.values())]
+
+    large = {"message": b"<soap/>", "attachment-1": bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)}
+    manifest = manifest_for(large)
+    pieces = [c async for c in iter_message(manifest, {n: Spool.from_bytes(d) for n, d in large.items()})]
+    assert b"".join(pieces) == manifest.encode() + b"".join(large.values())
+    assert len(pieces) >= 4
+    assert max(len(p) for p in pieces) <= CHUNK_SIZE
+
+
 # Manifest decoding -----------------------------------------------------------------------------------------------
 
 
