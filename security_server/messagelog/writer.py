@@ -4,16 +4,21 @@
 and the exchange then fails, because nothing is delivered that is not logged (DESIGN decision 4).
 
 Group commit
-    Callers put their record on a queue and wait on a future.  One writer task takes everything queued (up to
-    ``max_group``), seals the records in queue order continuing the chain's head, and hands them to the store in one
-    transaction in a worker thread; then it resolves every future of the group.  While a transaction commits, new
-    records queue up and form the next group, so N concurrent exchanges cost about one fsync, not N.
+    Callers put their record on a thread-safe queue and wait on a future.  One writer *thread* takes everything
+    queued (up to ``max_group``), seals the records in queue order continuing the chain's head, stores them in one
+    transaction, and posts one callback to the event loop that resolves every future of the group; then it takes
+    the next group at once.  While a transaction commits, new records queue up and form the next group, so N
+    concurrent exchanges cost about one fsync, not N.
+    A dedicated thread rather than a task handing each group to ``asyncio.to_thread``: the writer is the server's
+    bottleneck under load, and with a task every group waited twice for a busy event loop (to be handed to a
+    worker, and for its result to be seen) before the next could start — measured at ~35 % of each group's cycle
+    with 32 concurrent exchanges.  Now the loop only resolves futures; the thread never waits for it.
 
 Failure
     When the store fails, every record of the group gets ``LoggingFailed`` (the store rolled back: none of them is
-    stored) and the in-memory head is reloaded from the store before the next group, so the chain continues from
-    what is really durable.  If even the head cannot be read, :meth:`MessageLog.check` refuses traffic until a
-    retry succeeds.
+    stored) and the in-memory head is reloaded from the store before the next group — and before the callers
+    hear of the failure — so the chain continues from what is really durable.  If even the head cannot be read,
+    :meth:`MessageLog.check` refuses traffic until a retry succeeds.
 
 Sealing fast path
     Sealing is :meth:`LogRecord.sealed` plus ``canonical(record.to_json())`` for the stored JSON; both walk the record
@@ -32,7 +37,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import queue
 import secrets
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
@@ -116,6 +123,8 @@ class _Pending:
         self.record = record
         self.bodies = bodies
         self.future = future
+        # Both flags change only under MessageLog._take_lock: the writer thread takes a record, or its cancelled
+        # caller drops it — never both.
         self.taken = False  # the writer has started on it: its bodies are being read
         self.dropped = False  # the caller was cancelled before that: skip it
 
@@ -145,9 +154,12 @@ class MessageLog:
         self._server_id = server_id
         self._timestamper = timestamper
         self._max_group = max_group
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._take_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        # Written by the writer thread, read by check() on the event loop (one attribute store: atomic).
         self._head: tuple[int, bytes] | None = None
         #: Store transactions committed and records appended since start (for metrics and the benchmark).
         self.transactions = 0
@@ -156,24 +168,28 @@ class MessageLog:
     # Lifecycle --------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Read the chain's head (and the timestamper's state) and start the writer task."""
-        if self._task is not None:
+        """Read the chain's head (and the timestamper's state) and start the writer thread."""
+        if self._thread is not None:
             return
         self._head = await asyncio.to_thread(self._store.head)
         if self._timestamper is not None:
             await self._timestamper.load()
-        self._queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._queue = queue.SimpleQueue()
         self._running = True
-        self._task = asyncio.create_task(self._run(), name="korpu-messagelog-writer")
+        self._thread = threading.Thread(target=self._run, name="korpu-messagelog-writer", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Refuse new records, finish every record already queued, and end the writer task."""
-        if self._task is None:
+        """Refuse new records, finish every record already queued, and end the writer thread."""
+        if self._thread is None:
             return
         self._running = False
-        self._queue.put_nowait(_STOP)
-        task, self._task = self._task, None
-        await task
+        self._queue.put(_STOP)
+        thread, self._thread = self._thread, None
+        # The thread posts each group's outcome with call_soon_threadsafe before it ends; the join's own result
+        # reaches this coroutine the same way, after them, so every caller has its answer once this returns.
+        await asyncio.to_thread(thread.join)
 
     async def __aenter__(self) -> MessageLog:
         await self.start()
@@ -204,12 +220,14 @@ class MessageLog:
         record = self._validated(record)
         future: asyncio.Future[LogRecord] = asyncio.get_running_loop().create_future()
         pending = _Pending(record, bodies, future)
-        self._queue.put_nowait(pending)
+        self._queue.put(pending)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            if not pending.taken:
-                pending.dropped = True
+            with self._take_lock:
+                if not pending.taken:
+                    pending.dropped = True
+            if pending.dropped:
                 raise
             # The writer is reading this caller's bodies: wait until it is done before the caller frees them.
             while not future.done():
@@ -233,69 +251,87 @@ class MessageLog:
             raise LoggingFailed("the record's time is not ISO 8601") from exc
         return record
 
-    # Writer task ------------------------------------------------------------------------------------------------
+    # Writer thread ----------------------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         stopping = False
         while not stopping:
             if self._head is None:
                 # The store could not even give its head: retry now and then, so check() recovers on its own.
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), HEAD_RETRY_S)
-                except TimeoutError:
-                    await self._reload_head()
+                    item = self._queue.get(timeout=HEAD_RETRY_S)
+                except queue.Empty:
+                    self._reload_head()
                     continue
             else:
-                item = await self._queue.get()
+                item = self._queue.get()
             if item is _STOP:
                 break
             group: list[_Pending] = [item] if isinstance(item, _Pending) else []
-            while len(group) < self._max_group and not self._queue.empty():
-                more = self._queue.get_nowait()
+            while len(group) < self._max_group:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 if more is _STOP:
                     stopping = True
                     break
                 if isinstance(more, _Pending):
                     group.append(more)
             try:
-                await self._commit(group)
-            except Exception as exc:  # pragma: no cover - _commit handles its errors; this keeps the task alive
+                self._commit(group)
+            except Exception as exc:  # pragma: no cover - _commit handles its errors; this keeps the thread alive
                 log.exception("message log writer error", error=type(exc).__name__)
-                self._fail(group, "the message log failed")
+                self._post(self._fail, group, "the message log failed")
 
-    async def _commit(self, group: list[_Pending]) -> None:
-        live = [p for p in group if not p.dropped]
-        for pending in live:
-            pending.taken = True
+    def _commit(self, group: list[_Pending]) -> None:
+        with self._take_lock:
+            live = [p for p in group if not p.dropped]
+            for pending in live:
+                pending.taken = True
         if not live:
             return
         if self._head is None:
-            await self._reload_head()
+            self._reload_head()
             if self._head is None:
-                self._fail(live, "the message log store is unavailable")
+                self._post(self._fail, live, "the message log store is unavailable")
                 return
         seq, prev = self._head
         try:
-            rows = await asyncio.to_thread(self._write, live, seq, prev)
+            rows = self._write(live, seq, prev)
         except Exception as exc:
-            # (1) Nothing of the group is stored (the store rolled back): each caller learns it failed.
+            # (1) Nothing of the group is stored (the store rolled back): each caller learns it failed ...
             log.error("message log append failed", records=len(live), error=type(exc).__name__)
-            self._fail(live, exc.message if isinstance(exc, LoggingFailed) else "the message log could not write")
-            # (2) Continue from what is really durable, not from what we believed.
-            await self._reload_head()
+            # (2) ... once the head is what is really durable, not what we believed.
+            self._reload_head()
+            self._post(
+                self._fail, live, exc.message if isinstance(exc, LoggingFailed) else "the message log could not write"
+            )
             return
         last = rows[-1]
         self._head = (last.record.seq, last.hash)
         self.transactions += 1
         self.appended += len(rows)
+        self._post(self._resolve, live, rows)
+
+    def _post(self, callback: Any, *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop (from the writer thread)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # pragma: no cover - the loop closed without stop(): nobody is waiting any more
+            log.warning("message log outcome not delivered: the event loop is closed")
+
+    def _resolve(self, live: list[_Pending], rows: list[SealedRow]) -> None:
+        """Event loop: hand each caller its sealed record and tell the timestamper."""
         for pending, row in zip(live, rows, strict=True):
             if not pending.future.done():
                 pending.future.set_result(row.record)
         if self._timestamper is not None:
-            self._timestamper.records_appended(rows[0].record.seq, last.record.seq, min(r.at for r in rows))
+            self._timestamper.records_appended(rows[0].record.seq, rows[-1].record.seq, min(r.at for r in rows))
 
     def _write(self, group: list[_Pending], seq: int, prev: bytes) -> list[SealedRow]:
-        """Worker thread: seal the group continuing ``(seq, prev)``, and store it in one transaction."""
+        """Seal the group continuing ``(seq, prev)``, and store it in one transaction."""
         rows: list[SealedRow] = []
         bodies: dict[str, Spool] = {}
         for pending in group:
@@ -315,15 +351,16 @@ class MessageLog:
             self._store.append([r.record for r in rows], bodies)
         return rows
 
-    async def _reload_head(self) -> None:
+    def _reload_head(self) -> None:
         try:
-            self._head = await asyncio.to_thread(self._store.head)
+            self._head = self._store.head()
         except Exception as exc:
             log.error("message log head unavailable", error=type(exc).__name__)
             self._head = None
 
     @staticmethod
     def _fail(group: list[_Pending], message: str) -> None:
+        """Event loop: each caller of ``group`` gets ``LoggingFailed(message)``."""
         for pending in group:
             if not pending.future.done():
                 # A fresh exception per caller: one instance raised in many tasks would share its traceback.

@@ -84,6 +84,25 @@ async def test_concurrent_appends_form_one_gapless_chain_in_few_transactions(sql
     assert log.transactions == len(counting.appends)
 
 
+async def test_the_writer_commits_group_after_group_while_the_event_loop_is_busy(sql_store: SqlLogStore) -> None:
+    """The writer thread does not wait for the event loop between groups: only resolving callers needs the loop.
+
+    Three records queued with ``max_group=1`` are three transactions; they all commit while the loop is held by
+    a synchronous wait (a CPU-busy event loop, as under load).
+    """
+    counting = CountingStore(sql_store)
+    async with MessageLog(counting, server_id=SERVER, max_group=1) as log:
+        tasks = [asyncio.create_task(log.append(make_record(i), {})) for i in range(3)]
+        await asyncio.sleep(0)  # each task queues its record (a yield, not a wait for time)
+        deadline = threading.Event()
+        for _ in range(1000):  # the loop stays blocked here; ends as soon as all three are stored (≤ 10 s)
+            if len(counting.appends) == 3 or deadline.wait(0.01):
+                break
+        assert counting.appends == [1, 1, 1]
+        assert [t.done() for t in tasks] == [False] * 3  # callers learn it once the loop runs again
+        assert sorted(r.seq for r in await asyncio.gather(*tasks)) == [1, 2, 3]
+
+
 async def test_fast_path_stores_the_same_chain(sql_store: SqlLogStore) -> None:
     """Through SqlLogStore's pre-serialised path the records, bodies and chain are what LogRecord.sealed gives."""
     part, bodies = part_with_body("<Envelope>ü</Envelope>".encode())
