@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import security_server.messagelog.writer as writer
 from bridge.errors import LoggingFailed, TimestampingFailed
 from bridge.messagelog import LogPart, LogRecord, canonical, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import Batch, LogQuery
 from security_server.messagelog.store import SqlLogStore
 from security_server.messagelog.timestamper import Timestamper
-from security_server.messagelog.writer import MessageLog, seal_row
+from security_server.messagelog.writer import REFERENCE_CHECK_EVERY, MessageLog, finish_row, prepare_record, seal_row
 from tests.security_server.test_logstore import SERVER, make_record, part_with_body
 
 
@@ -137,6 +138,41 @@ def test_seal_row_matches_the_reference_sealing() -> None:
     assert row.json == canonical(reference.to_json()).decode()
     assert row.hash.hex() == reference.hash
     assert row.persons == ("AZ1234567", "AZ1", "AZ2")
+
+
+def test_finish_row_fills_in_any_place_in_the_chain() -> None:
+    """One prepared record sealed at different places gives LogRecord.sealed's result at each."""
+    record = make_record(5, persons=("AZ9",))
+    prepared = prepare_record(record)
+    for seq, prev in ((1, bytes(32)), (10**12, bytes(range(32))), (7, b"\xff" * 32)):
+        row = finish_row(prepared, seq, prev)
+        assert row.record == record.sealed(seq, prev)
+        assert row.json == canonical(row.record.to_json()).decode()
+
+
+async def test_a_fast_sealing_that_differs_from_the_reference_fails_closed(
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the fast encoding ever differs from LogRecord.sealed, the append fails and nothing is stored."""
+    async with MessageLog(sql_store, server_id=SERVER) as log:
+        # A fast path that forgets how to encode the parts (as a new field type it does not know would).
+        monkeypatch.setattr(writer, "_json_value", lambda value: [] if isinstance(value, tuple) else value)
+        with pytest.raises(LoggingFailed, match="could not seal"):
+            await log.append(make_record(1, persons=("AZ1",)), {})
+    assert sql_store.head()[0] == 0
+
+
+async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_prepared sees the first record and every REFERENCE_CHECK_EVERY-th after it."""
+    checked: list[str] = []
+    real = writer.check_prepared
+    monkeypatch.setattr(writer, "check_prepared", lambda p: (checked.append(p.record.message_id), real(p))[1])
+    async with MessageLog(sql_store, server_id=SERVER) as log:
+        for i in range(2 * REFERENCE_CHECK_EVERY + 1):
+            await log.append(make_record(i), {})
+    assert checked == [make_record(i).message_id for i in (0, REFERENCE_CHECK_EVERY, 2 * REFERENCE_CHECK_EVERY)]
 
 
 async def test_a_store_failure_fails_the_group_and_the_log_recovers(sql_store: SqlLogStore) -> None:
