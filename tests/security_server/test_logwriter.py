@@ -150,29 +150,32 @@ def test_finish_row_fills_in_any_place_in_the_chain() -> None:
         assert row.json == canonical(row.record.to_json()).decode()
 
 
-async def test_a_fast_sealing_that_differs_from_the_reference_fails_closed(
+async def test_a_fast_sealing_that_differs_from_the_reference_switches_to_the_reference(
     sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the fast encoding ever differs from LogRecord.sealed, the append fails and nothing is stored."""
+    """If the fast encoding ever differs from LogRecord.sealed, records are sealed the reference way from then on."""
     async with MessageLog(sql_store, server_id=SERVER) as log:
-        # A fast path that forgets how to encode the parts (as a new field type it does not know would).
+        # A fast path that forgets how to encode tuples (as one would for a new field type it does not know).
         monkeypatch.setattr(writer, "_json_value", lambda value: [] if isinstance(value, tuple) else value)
-        with pytest.raises(LoggingFailed, match="could not seal"):
-            await log.append(make_record(1, persons=("AZ1",)), {})
-    assert sql_store.head()[0] == 0
+        sealed = [await log.append(make_record(i, persons=("AZ1",)), {}) for i in range(3)]
+    stored = sql_store.records(1, 3)
+    assert stored == sealed
+    assert [r.persons for r in stored] == [("AZ1",)] * 3
+    verify_chain(stored)
+    for record in stored:
+        assert record == make_record(record.seq - 1, persons=("AZ1",)).sealed(
+            record.seq, bytes.fromhex(record.prev_hash)
+        )
 
 
-async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
-    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """check_prepared sees the first record and every REFERENCE_CHECK_EVERY-th after it."""
-    checked: list[str] = []
-    real = writer.check_prepared
-    monkeypatch.setattr(writer, "check_prepared", lambda p: (checked.append(p.record.message_id), real(p))[1])
+async def test_a_record_that_cannot_be_encoded_fails_alone(sql_store: SqlLogStore) -> None:
+    """A lone surrogate (undecodable header bytes) fails its own append in the caller, not the writer's group."""
     async with MessageLog(sql_store, server_id=SERVER) as log:
-        for i in range(2 * REFERENCE_CHECK_EVERY + 1):
-            await log.append(make_record(i), {})
-    assert checked == [make_record(i).message_id for i in (0, REFERENCE_CHECK_EVERY, 2 * REFERENCE_CHECK_EVERY)]
+        good = [asyncio.create_task(log.append(make_record(i), {})) for i in range(3)]
+        with pytest.raises(LoggingFailed, match="could not encode"):
+            await log.append(make_record(9, issue="bad\udcff"), {})
+        assert sorted(r.seq for r in await asyncio.gather(*good)) == [1, 2, 3]
+    verify_chain(sql_store.records(1, 3))
 
 
 async def test_a_store_failure_fails_the_group_and_the_log_recovers(sql_store: SqlLogStore) -> None:
@@ -274,3 +277,98 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
         assert sql_store.body(part.sha512) == b"<Envelope/>"
         assert (await log.append(make_record(3), {})).seq == 2
     verify_chain(sql_store.records(1, 2))
+
+
+async def test_the_reference_check_runs_while_quiet_and_on_one_in_sixteen_under_load(
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_prepared sees every record while nothing is queued, and one in REFERENCE_CHECK_EVERY behind a queue."""
+    checked: list[str] = []
+    real = writer.check_prepared
+
+    def spy(prepared: writer.PreparedRecord) -> None:
+        checked.append(prepared.record.message_id)
+        real(prepared)
+
+    monkeypatch.setattr(writer, "check_prepared", spy)
+    store = BlockingStore(sql_store)
+    async with MessageLog(store, server_id=SERVER) as log:
+        first = asyncio.create_task(log.append(make_record(0), {}))
+        assert await asyncio.to_thread(store.entered.wait, 10) is True  # the writer holds record 0; queue empty
+        queued = [asyncio.create_task(log.append(make_record(i), {})) for i in range(1, 2 * REFERENCE_CHECK_EVERY + 1)]
+        await asyncio.sleep(0)  # every task prepares and queues its record (a yield, not a wait for time)
+        store.release.set()
+        await asyncio.gather(first, *queued)
+    # 0 and 1 found the queue empty; behind them only every REFERENCE_CHECK_EVERY-th record is checked.
+    expected = [0, 1, REFERENCE_CHECK_EVERY, 2 * REFERENCE_CHECK_EVERY]
+    assert checked == [make_record(i).message_id for i in expected]
+    verify_chain(sql_store.records(1, 2 * REFERENCE_CHECK_EVERY + 1))
+
+
+async def test_the_timestamper_hears_of_appends_on_the_event_loop_thread(
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """records_appended touches asyncio state: it must run on the loop's thread, not the writer's."""
+    timestamper = Timestamper(sql_store, lambda: [])
+    threads: list[int] = []
+    real = timestamper.records_appended
+
+    def spy(first: int, last: int, oldest_at: str) -> None:
+        threads.append(threading.get_ident())
+        real(first, last, oldest_at)
+
+    monkeypatch.setattr(timestamper, "records_appended", spy)
+    async with MessageLog(sql_store, server_id=SERVER, timestamper=timestamper) as log:
+        await asyncio.gather(*(log.append(make_record(i), {}) for i in range(5)))
+    assert threads and set(threads) == {threading.get_ident()}
+
+
+async def test_stop_answers_every_queued_caller_and_ends_the_thread(sql_store: SqlLogStore) -> None:
+    """Records queued or in flight when stop() is called are stored and answered; the thread is gone after."""
+    store = BlockingStore(sql_store)
+    log = MessageLog(store, server_id=SERVER)
+    await log.start()
+    thread = log._thread
+    assert thread is not None
+    tasks = [asyncio.create_task(log.append(make_record(0), {}))]
+    assert await asyncio.to_thread(store.entered.wait, 10) is True
+    tasks += [asyncio.create_task(log.append(make_record(i), {})) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(log.stop())
+    await asyncio.sleep(0)
+    with pytest.raises(LoggingFailed, match="not running"):
+        await log.append(make_record(9), {})
+    store.release.set()
+    await stopping
+    assert sorted(r.seq for r in await asyncio.gather(*tasks)) == [1, 2, 3, 4]
+    assert not thread.is_alive()
+    # And it starts again, continuing the chain.
+    async with log:
+        assert (await log.append(make_record(5), {})).seq == 5
+    verify_chain(sql_store.records(1, 5))
+
+
+def test_a_log_belongs_to_the_loop_that_started_it(db_url: str, tmp_path: Path) -> None:
+    """Appends from another loop are refused; start() there ends the old writer (its loop ended without stop)."""
+    store = SqlLogStore(db_url, tmp_path / "log")
+    log = MessageLog(store, server_id=SERVER)
+
+    async def first_loop() -> None:
+        await log.start()
+        assert (await log.append(make_record(1), {})).seq == 1
+
+    async def second_loop() -> int:
+        with pytest.raises(LoggingFailed, match="another event loop"):
+            await log.append(make_record(2), {})
+        await log.start()
+        log.check()
+        seq = (await log.append(make_record(2), {})).seq
+        await log.stop()
+        return seq
+
+    try:
+        asyncio.run(first_loop())  # ends without stop(): the writer thread outlives its loop
+        assert asyncio.run(second_loop()) == 2
+        verify_chain(store.records(1, 2))
+    finally:
+        store.close()
