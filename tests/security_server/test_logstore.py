@@ -89,7 +89,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
     second = SqlLogStore(db_url, tmp_path / "log")
     try:
         assert second.records(1, 1) == records
-        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,)]
     finally:
         second.close()
 
@@ -199,6 +199,12 @@ def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -
     assert stored_files == [part.sha512]  # the small attachment is inline
 
 
+def small_bodies(store: SqlLogStore) -> list[tuple[int, int, str]]:
+    """``(seq, part, sha512 hex)`` of every small-body row, in key order."""
+    rows = store._query("SELECT seq, part, sha512 FROM log_small_bodies ORDER BY seq, part")
+    return [(int(seq), int(part), bytes(digest).hex()) for seq, part, digest in rows]
+
+
 def body_files(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
 
@@ -222,13 +228,13 @@ def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_bo
     store.append(records[:2], {**own_bodies, **shared_bodies, **big_bodies})
     store.append(records[2:], {})  # the shared inline body is named again without being re-sent
     assert body_files(tmp_path) == [big.sha512]
-    inline = store._query("SELECT sha512 FROM log_inline_bodies ORDER BY sha512")
-    assert inline == sorted([(own.sha512,), (shared.sha512,)])
+    # Each small body is a row under the record and part index naming it; record 3 got its own copy.
+    assert small_bodies(store) == [(1, 0, own.sha512), (1, 1, shared.sha512), (3, 0, shared.sha512)]
     assert (store.body(own.sha512), store.body(shared.sha512), store.body(big.sha512)) == (small, b"<shared/>", large)
     store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
     store.delete_through(2)
-    assert store._query("SELECT sha512 FROM log_inline_bodies") == [(shared.sha512,)]
+    assert small_bodies(store) == [(3, 0, shared.sha512)]
     assert (store.body(own.sha512), store.body(big.sha512), body_files(tmp_path)) == (None, None, [])
     assert store.body(shared.sha512) == b"<shared/>"
 
@@ -389,22 +395,25 @@ def test_delete_through_removes_records_persons_batches_and_unshared_bodies(stor
 
 
 def test_a_body_named_again_after_the_delete_committed_is_kept(store: SqlLogStore) -> None:
-    """A body named again by an append between delete_through's commit and its unlinking stays.
+    """A body file named again by an append between delete_through's commit and its unlinking stays.
 
     The append does not re-send the body (the file exists); the unlinking re-checks log_bodies under the body lock.
+    (Small bodies are rows deleted in delete_through's own transaction, so they have no such window.)
     """
-    _, own, _ = stamped_log(store)
+    large = b"<Envelope>" + b"x" * INLINE_BODY_MAX + b"</Envelope>"
+    part, bodies = part_with_body(large)
+    store.append(seal_all([make_record(1, parts=(part,)), make_record(2)]), bodies)
+    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     unlink = store._unlink_bodies
 
     def append_then_unlink(digests: list[str]) -> None:
-        part = LogPart("body", "text/xml", len(b"<only record 1>"), own)
-        store.append(seal_all([make_record(5, parts=(part,))], store.head()), {})
+        store.append(seal_all([make_record(3, parts=(part,))], store.head()), {})
         unlink(digests)
 
     store._unlink_bodies = append_then_unlink  # type: ignore[method-assign]
     store.delete_through(2)
-    assert store.body(own) == b"<only record 1>"
-    assert [r.seq for r in store.find(LogQuery(limit=10))] == [3, 4, 5]
+    assert store.body(part.sha512) == large
+    assert [r.seq for r in store.find(LogQuery(limit=10))] == [3]
 
 
 def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> None:
@@ -423,5 +432,81 @@ def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> N
         assert [(bytes(d).hex(), seq) for d, seq in refs] == [(own, 1), (shared, 3)]
         new.delete_through(2)
         assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+    finally:
+        new.close()
+
+
+def test_a_small_body_named_again_after_its_record_was_deleted_is_refused(store: SqlLogStore) -> None:
+    """A record naming, without giving it, a small body whose only record was deleted is refused, nothing stored.
+
+    The copy under the new record is made inside the append's transaction, so the delete cannot slip in between a
+    check and the commit.
+    """
+    part, bodies = part_with_body(b"<gone soon/>")
+    store.append(seal_all([make_record(1, parts=(part,)), make_record(2)]), bodies)
+    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
+    store.delete_through(2)
+    head = store.head()
+    with pytest.raises(LoggingFailed, match="has no body"):
+        store.append(seal_all([make_record(3, parts=(part,))], head), {})
+    assert (store.head(), store.body(part.sha512), small_bodies(store)) == (head, None, [])
+
+
+def test_a_body_given_but_named_by_no_stored_part_is_not_kept(store: SqlLogStore) -> None:
+    """Only bodies of stored parts are kept: a metadata-only part's bytes, given anyway, are not stored."""
+    part, bodies = part_with_body(b"<metadata only/>")
+    store.append(seal_all([make_record(1, parts=(dataclasses.replace(part, stored=False),))]), bodies)
+    assert (store.head()[0], store.body(part.sha512), small_bodies(store)) == (1, None, [])
+
+
+def downgrade_to_migration_3(store: SqlLogStore) -> None:
+    """Rewrite ``store``'s small bodies the way migration 3 kept them (hex key, a log_bodies row), schema 3."""
+    rows = store._query("SELECT seq, sha512, data FROM log_small_bodies ORDER BY seq, part")
+    with store._writing() as conn:
+        conn.execute(store._sql("CREATE TABLE log_inline_bodies (sha512 TEXT PRIMARY KEY, data {blob} NOT NULL)"))
+        for seq, digest, data in rows:
+            conn.execute(
+                store._sql("INSERT INTO log_inline_bodies (sha512, data) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+                (bytes(digest).hex(), bytes(data)),
+            )
+            conn.execute(
+                store._sql(
+                    "INSERT INTO log_bodies (sha512, last_seq) VALUES (?, ?)"
+                    " ON CONFLICT (sha512) DO UPDATE SET last_seq = excluded.last_seq"
+                ),
+                (bytes(digest), seq),
+            )
+        conn.execute("DROP TABLE log_small_bodies")
+        conn.execute("DELETE FROM schema_version WHERE version = 4")
+
+
+def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, tmp_path: Path) -> None:
+    """A log written under migration 3 keeps every small body: each moves under the newest record naming it.
+
+    Bodies read back; delete_through then removes a body with its last record and keeps a shared one until the
+    later record naming it goes; an unreferenced leftover inline body is dropped.
+    """
+    old = SqlLogStore(db_url, tmp_path / "log")
+    records, own, shared = stamped_log(old)
+    downgrade_to_migration_3(old)
+    with old._writing() as conn:  # a leftover of a crash between a delete's commit and its clean-up
+        conn.execute(old._sql("INSERT INTO log_inline_bodies (sha512, data) VALUES (?, ?)"), ("ab" * 64, b"junk"))
+    old.close()
+    new = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(4,)]
+        assert small_bodies(new) == sorted([(1, 0, own), (3, 0, shared)])
+        assert (new.body(own), new.body(shared), new.body("ab" * 64)) == (
+            b"<only record 1>",
+            b"<records 1 and 3>",
+            None,
+        )
+        assert new._query("SELECT COUNT(*) FROM log_bodies") == [(2,)]  # kept: they may still name old files
+        new.delete_through(2)
+        assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+        new.delete_through(4)
+        assert (new.body(shared), small_bodies(new)) == (None, [])
+        assert new.records(1, 4) == []
+        assert records[0].seq == 1
     finally:
         new.close()
