@@ -526,6 +526,83 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+#: WAL size (bytes) past which the writer, right after a commit, finishes the background checkpoint itself so
+#: that its next transaction starts the WAL over and truncates it back to this size (see :class:`_Checkpointer`).
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+class _Checkpointer:
+    """SQLite WAL checkpoints off the writer's commit path.
+
+    With the default ``wal_autocheckpoint`` the commit that crosses 1000 WAL pages copies them into the database and
+    fsyncs it, and every caller of that group waits.  The write connection turns that off; after each commit this
+    thread is woken and runs a PASSIVE checkpoint on its own connection, which copies committed pages while the
+    writer goes on (it never blocks the writer or readers).  A background checkpoint alone cannot bound the WAL:
+    the WAL starts over only when a write transaction begins with every frame copied, and under steady load new
+    frames keep arriving.  So once the WAL file is larger than :data:`WAL_LIMIT_BYTES` the writer runs a PASSIVE
+    checkpoint itself right after its commit, under the write lock: it copies only the frames this thread has not
+    copied yet, and the next transaction starts the WAL over (``journal_size_limit`` then truncates the file back
+    to the limit).  If this thread fails or falls behind, that writer-side checkpoint still bounds the WAL.
+
+    Durability does not depend on any of this: a commit is durable once the WAL is fsynced (``synchronous=FULL``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._conn: sqlite3.Connection | None = None
+        #: Held while this thread checkpoints.  A PASSIVE checkpoint that meets another one gives up at once, so
+        #: the writer, when it must checkpoint, takes this lock: it waits for at most the running one, which has
+        #: copied most of the frames by then.
+        self.lock = threading.Lock()
+        #: Background checkpoints run (for tests and metrics), under ``done`` so a test can wait for the next one.
+        self.runs = 0
+        self.done = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="korpu-log-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """A write transaction committed: checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the thread (after its current checkpoint) and close its connection."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                if self._conn is None:
+                    self._conn = sqlite3.connect(
+                        self._path, timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                    )
+                    # The checkpoint fsyncs the WAL before copying and the database after, at this level.
+                    self._conn.execute("PRAGMA synchronous=FULL")
+                with self.lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                # The writer's own checkpoints keep the WAL bounded meanwhile; reconnect on the next wake.
+                log.warning("message log checkpoint failed", error=type(exc).__name__)
+                self._close()
+            with self.done:
+                self.runs += 1
+                self.done.notify_all()
+        self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+
 class SqlLogStore:
     """:class:`~security_server.messagelog.LogStore` on SQLite or PostgreSQL, bodies in ``body_dir``.
 
@@ -562,6 +639,8 @@ class SqlLogStore:
             directory / "bodies.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640
         )
         self._write_conn: Any = None
+        #: SQLite only, started by the first commit: a store that never writes (``korpu audit``) has no thread.
+        self._checkpointer: _Checkpointer | None = None
         self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         with self._writing() as conn:
@@ -586,6 +665,9 @@ class SqlLogStore:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: index pages of a large log stay in memory
+            if write:
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in _Checkpointer, off the commit path
+                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             return conn
         # Readers autocommit (no idle transaction holding snapshots); the writer runs explicit transactions.
         return psycopg.connect(self._url, autocommit=not write)
@@ -615,6 +697,25 @@ class SqlLogStore:
                     log.error("message log write failed", dialect=self.dialect, error=type(exc).__name__)
                     raise LoggingFailed("the message log database write failed and was rolled back") from exc
                 raise
+            if self.dialect == "sqlite":
+                self._after_commit(conn)
+
+    def _after_commit(self, conn: sqlite3.Connection) -> None:
+        """Wake the checkpointer; checkpoint here too once the WAL is past its limit (see :class:`_Checkpointer`).
+
+        Runs under the write lock after a successful commit; a failure here is logged, never raised: the
+        transaction is already durable.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = _Checkpointer(self._sqlite_path)
+        try:
+            if os.stat(self._sqlite_path + "-wal").st_size > WAL_LIMIT_BYTES:
+                # A reader still on old frames, or another process checkpointing: the next commit retries.
+                with self._checkpointer.lock:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("message log checkpoint failed", error=type(exc).__name__)
+        self._checkpointer.committed()
 
     def _rollback(self, conn: Any) -> None:
         try:
@@ -1055,6 +1156,9 @@ class SqlLogStore:
                 os.close(self._body_lock_fd)
             self._closed = True
             self._drop_write_conn()
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
+                self._checkpointer = None
         while True:
             try:
                 conn = self._readers.get_nowait()

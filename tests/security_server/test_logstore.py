@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from bridge.errors import InvalidState, LoggingFailed
 from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import LogQuery
-from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, normalise_time
+from security_server.messagelog import store as store_module
+from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, _Checkpointer, normalise_time
 
 SERVER = "SERVER:AZ/GOV/1400057421/ss1"
 BANK = "SUBSYSTEM:AZ/COM/9900001111/loans"
@@ -510,3 +512,88 @@ def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, 
         assert records[0].seq == 1
     finally:
         new.close()
+
+
+# SQLite checkpoints ------------------------------------------------------------------------------------------------
+
+
+def wait_for_checkpoint(checkpointer: _Checkpointer, runs: int) -> None:
+    """Wait (at most 10 s) until the background checkpointer has run ``runs`` times."""
+    with checkpointer.done:
+        assert checkpointer.done.wait_for(lambda: checkpointer.runs >= runs, timeout=10) is True
+
+
+def append_with_body(store: SqlLogStore, i: int) -> None:
+    """Append record ``i`` with its own 20 KB small body (about six WAL frames with the index pages)."""
+    part, bodies = part_with_body(f"<body {i}/>".encode() + os.urandom(20_000))
+    store.append(seal_all([make_record(i, parts=(part,))], store.head()), bodies)
+
+
+def wal_size(path: Path) -> int:
+    wal = Path(str(path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_sqlite_checkpoints_run_in_the_background_not_in_the_commit(tmp_path: Path) -> None:
+    """The write connection never checkpoints on commit; the checkpointer thread copies the WAL after commits."""
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        assert store._write_conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        wait_for_checkpoint(checkpointer, 1)  # woken once by the migrations' commit
+        append_with_body(store, 1)
+        wait_for_checkpoint(checkpointer, 2)
+        # Everything committed is in the database file already: a new checkpoint finds nothing left to copy.
+        other = sqlite3.connect(path)
+        try:
+            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            other.close()
+        assert (busy, copied) == (0, frames)
+    finally:
+        store.close()
+    assert checkpointer._thread.is_alive() is False
+
+
+def appends_keep_the_wal_bounded(store: SqlLogStore, path: Path) -> None:
+    """Append 150 records of ~6 WAL frames back to back; the WAL never gets far past its limit."""
+    largest = 0
+    for i in range(1, 151):
+        append_with_body(store, i)
+        largest = max(largest, wal_size(path))
+    # Never started over, the WAL would hold some 900 frames (4 KiB + 24 B each): 3.7 MB.
+    assert largest < 2 * store_module.WAL_LIMIT_BYTES
+    assert store.head()[0] == 150
+
+
+def test_the_wal_starts_over_once_past_its_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under steady appends the WAL stays bounded: past the limit the writer finishes a checkpoint itself."""
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 64 * 4120)
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        appends_keep_the_wal_bounded(store, path)
+    finally:
+        store.close()
+
+
+def test_a_failing_checkpointer_leaves_the_checkpoints_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the checkpointer cannot work, appends still succeed and the writer keeps the WAL bounded after commits."""
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 64 * 4120)
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        # A checkpointer whose database cannot be opened: every run fails.
+        assert store._checkpointer is not None
+        store._checkpointer.stop()
+        broken = _Checkpointer(str(tmp_path / "missing" / "log.db"))
+        store._checkpointer = broken
+        appends_keep_the_wal_bounded(store, path)
+        wait_for_checkpoint(broken, 1)
+        assert broken._conn is None
+    finally:
+        store.close()
