@@ -7,11 +7,12 @@ import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.errors import LoggingFailed, TimestampingFailed
-from bridge.messagelog import LogPart, LogRecord, canonical, verify_chain
+from bridge.messagelog import GENESIS_HASH, Direction, LogPart, LogRecord, Side, canonical, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import Batch, LogQuery
 from security_server.messagelog.store import SqlLogStore
@@ -219,3 +220,91 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
         assert sql_store.body(part.sha512) == b"<Envelope/>"
         assert (await log.append(make_record(3), {})).seq == 2
     verify_chain(sql_store.records(1, 2))
+
+
+class SealWatch:
+    """Wraps ``MessageLog._seal`` of ``log``: ``sealed`` is set once a group of ``size`` records has been sealed."""
+
+    def __init__(self, log: MessageLog, size: int) -> None:
+        self.sealed = threading.Event()
+        seal = log._seal
+
+        def watched(group: list[Any], seq: int, prev: bytes) -> list[Any]:
+            rows = seal(group, seq, prev)
+            if len(group) == size:
+                self.sealed.set()
+            return rows
+
+        log._seal = watched  # type: ignore[method-assign]
+
+
+async def test_the_next_group_is_sealed_while_one_is_stored_and_stored_after_it(sql_store: SqlLogStore) -> None:
+    """While a group is being stored the next one is sealed after it; it is stored once the first is durable."""
+    store = BlockingStore(sql_store)
+    async with MessageLog(store, server_id=SERVER) as log:
+        watch = SealWatch(log, 4)
+        first = asyncio.create_task(log.append(make_record(1), {}))
+        assert await asyncio.to_thread(store.entered.wait, 10) is True
+        rest = [asyncio.create_task(log.append(make_record(i), {})) for i in range(2, 6)]
+        assert await asyncio.to_thread(watch.sealed.wait, 10) is True
+        assert store.appends == []  # sealed, but not stored before the group in flight is
+        store.release.set()
+        sealed = [await first, *[await t for t in rest]]
+    assert [r.seq for r in sealed] == [1, 2, 3, 4, 5]
+    assert store.appends == [1, 4]
+    assert verify_chain(sql_store.records(1, 5)) == bytes.fromhex(sealed[-1].hash)
+
+
+async def test_a_group_sealed_after_a_failed_one_fails_too_and_the_log_recovers(sql_store: SqlLogStore) -> None:
+    """If the group in flight fails, the group sealed after it fails as well (its chain starts from nothing stored).
+
+    Nothing of either is stored, and the next append continues from the durable head.
+    """
+    store = BlockingStore(sql_store)
+    async with MessageLog(store, server_id=SERVER) as log:
+        watch = SealWatch(log, 4)
+        first = asyncio.create_task(log.append(make_record(1), {}))
+        assert await asyncio.to_thread(store.entered.wait, 10) is True
+        rest = [asyncio.create_task(log.append(make_record(i), {})) for i in range(2, 6)]
+        assert await asyncio.to_thread(watch.sealed.wait, 10) is True
+        store.fail = True
+        store.release.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert [type(r) for r in results] == [LoggingFailed] * 5
+        assert (store.appends, sql_store.head()) == ([], (0, GENESIS_HASH))
+        store.fail = False
+        after = await log.append(make_record(6), {})
+    assert after.seq == 1
+    assert verify_chain(sql_store.records(1, 1)) == bytes.fromhex(after.hash)
+
+
+async def test_without_a_group_in_flight_the_writer_seals_half_the_queue(sql_store: SqlLogStore) -> None:
+    """A burst of queued records is split in two groups, so one is sealed while the other is stored."""
+    counting = CountingStore(sql_store)
+    log = MessageLog(counting, server_id=SERVER)
+    await log.start()
+    try:
+        sealed = await asyncio.gather(*(log.append(make_record(i), {}) for i in range(1, 101)))
+    finally:
+        await log.stop()
+    assert sorted(r.seq for r in sealed) == list(range(1, 101))
+    assert counting.appends == [50, 50]
+
+
+def test_seal_row_matches_the_reference_sealing_for_enums_and_nested_values() -> None:
+    """Str enums, nested dicts and tuples (what proxies may pass) seal exactly as LogRecord.sealed does."""
+    record = make_record(
+        5,
+        side=Side.PROVIDER,
+        direction=Direction.RESPONSE,
+        decision={"allowed": True, "nested": {"b": 1, "a": (1, 2)}},
+        timings_ms={"sign": 0.25, "verify": 1e16},
+    )
+    row = seal_row(record, 9, bytes(32), at="2024-05-01T10:00:05.000000Z")
+    reference = record.sealed(9, bytes(32))
+    assert (row.record, row.json, row.hash.hex()) == (
+        reference,
+        canonical(reference.to_json()).decode(),
+        reference.hash,
+    )
+    assert row.at == "2024-05-01T10:00:05.000000Z"
