@@ -91,7 +91,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
     second = SqlLogStore(db_url, tmp_path / "log")
     try:
         assert second.records(1, 1) == records
-        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,)]
+        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,)]
     finally:
         second.close()
 
@@ -496,7 +496,7 @@ def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, 
     old.close()
     new = SqlLogStore(db_url, tmp_path / "log")
     try:
-        assert new._query("SELECT MAX(version) FROM schema_version") == [(4,)]
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(5,)]
         assert small_bodies(new) == sorted([(1, 0, own), (3, 0, shared)])
         assert (new.body(own), new.body(shared), new.body("ab" * 64)) == (
             b"<only record 1>",
@@ -595,5 +595,20 @@ def test_a_failing_checkpointer_leaves_the_checkpoints_to_the_writer(
         appends_keep_the_wal_bounded(store, path)
         wait_for_checkpoint(broken, 1)
         assert broken._conn is None
+    finally:
+        store.close()
+
+
+def test_postgresql_keeps_records_up_to_a_page_out_of_toast(db_url: str, tmp_path: Path) -> None:
+    """Migration 5: on PostgreSQL log_records toasts only rows past a page; on SQLite it is recorded, a no-op."""
+    store = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        assert store._query("SELECT MAX(version) FROM schema_version") == [(5,)]
+        if store.dialect == "postgresql":
+            options = store._query("SELECT reloptions FROM pg_class WHERE oid = 'log_records'::regclass")
+            assert options == [(["toast_tuple_target=8160"],)]
+        records = seal_all([make_record(1, signature="QUJD" * 900)])  # a ~3.6 KB signature: past the old threshold
+        store.append(records, {})
+        assert store.records(1, 1) == records
     finally:
         store.close()
