@@ -105,6 +105,12 @@ _SQLITE_BUSY_TIMEOUT_MS = 10_000
 _MIGRATION_LOCK_KEY = zlib.crc32(b"korpu.messagelog.schema_version")
 _RECORD_COLUMNS = "seq, at, request_id, message_id, client, service, user_id, record, hash"
 _SMALL_BODY_COLUMNS = "seq, part, sha512_key, sha512, data"
+#: PostgreSQL types of the columns each appended table is copied into (binary COPY needs them), in column order.
+_COPY_TYPES: dict[str, list[str]] = {
+    "log_records": ["int8", "text", "text", "text", "text", "text", "text", "text", "bytea"],
+    "log_persons": ["text", "int8"],
+    "log_small_bodies": ["int8", "int8", "int8", "bytea", "bytea"],
+}
 #: Largest page ``find`` returns, whatever the query asks for.
 MAX_FIND_LIMIT = 10_000
 
@@ -914,8 +920,11 @@ class SqlLogStore:
             conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", params)  # noqa: S608
             return
         # PostgreSQL: COPY streams the rows in one command, several times faster than even a pipelined
-        # executemany; it is still part of the transaction, so it commits or rolls back with it.
-        with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        # executemany; it is still part of the transaction, so it commits or rolls back with it.  Binary format:
+        # the text format hex-escapes every bytea (bodies, digests) on the client and parses it on the server;
+        # measured for the small bodies, 105-115 -> 53-61 us per record (three 1 KB bodies).
+        with conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_COPY_TYPES[table])
             for row in params:
                 copy.write_row(row)
 
