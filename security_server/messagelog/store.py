@@ -26,12 +26,12 @@ Bodies
     but before the commit leaves unreferenced bodies behind: harmless (they are content-addressed), but nothing
     collects them yet (an open point).  :meth:`SqlLogStore.delete_through` deletes small bodies with their records
     (same transaction) and, after its commit and under the body lock, unlinks the files no remaining record names,
-    found through ``log_bodies``.  A record may name a body stored before without giving it again: a file is
-    checked for under the body lock, a small body is copied under the new record inside its transaction.
-    :meth:`SqlLogStore.body` reads a small body's row first, then the file (logs written before migration 3
-    keep their small bodies as files).  On Linux the flushes are one ``syncfs(2)`` per group instead of an
-    fsync per file and per directory (measured 5 µs against 200 µs a file); elsewhere each file and directory is
-    fsynced.
+    found through ``log_bodies``.  A small body must be given with every record that names it (each record keeps
+    its own copy); a large one may be named again without being given, when its file is there (checked under the
+    body lock).  :meth:`SqlLogStore.body` takes the digest *and* the naming record's seq, reads the small body's
+    row first, then the file (logs written before migration 3 keep their small bodies as files).  On Linux the
+    flushes are one ``syncfs(2)`` per group instead of an fsync per file and per directory (measured 5 µs against
+    200 µs a file); elsewhere each file and directory is fsynced.
     With PostgreSQL the bodies still stay in the node's directory: a cluster of nodes needs that directory on
     shared storage (an open point, see ``docs/``).
 
@@ -44,11 +44,11 @@ Schema (migrations numbered in :data:`MIGRATIONS`, applied ones listed in ``sche
                      records are deleted oldest first, so "last_seq <= deleted through" means "no reference left".
                      Chosen over scanning the remaining records' parts at delete time, which grows with the live
                      log and would hold the write lock that long.  Small bodies need no reference (see below);
-    ``log_small_bodies``  ``(seq, part, sha512_key, sha512, data)``: the small bodies, keyed by the naming record's
-                     seq and part index so that appends add to the end of the B-tree and deletes remove a range from
-                     its start; ``sha512_key`` (the digest's first 8 bytes as a signed integer) is indexed for
-                     :meth:`SqlLogStore.body`.  A body several records name is stored under each of them.  Until
-                     migration 4, ``log_inline_bodies`` (keyed by hex digest, with a ``log_bodies`` row) held them;
+    ``log_small_bodies``  ``(seq, part, sha512, data)``: the small bodies, keyed by the naming record's seq and
+                     part index so that appends add to the end of the B-tree and deletes remove a range from its
+                     start; no index by digest (every random-key index dirties a page per insert).  A body several
+                     records name is stored under each of them.  Until migration 4, ``log_inline_bodies`` (keyed by
+                     hex digest, with a ``log_bodies`` row) held them;
     ``log_pruned``   one row once records were deleted: the last deleted seq and hash (the head of an emptied
                      log, the end of the timestamped range when no batch row is left) and the last batch id.
 
@@ -104,12 +104,12 @@ _SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: PostgreSQL advisory-lock key held while migrating, so concurrent nodes apply each migration exactly once.
 _MIGRATION_LOCK_KEY = zlib.crc32(b"korpu.messagelog.schema_version")
 _RECORD_COLUMNS = "seq, at, request_id, message_id, client, service, user_id, record, hash"
-_SMALL_BODY_COLUMNS = "seq, part, sha512_key, sha512, data"
+_SMALL_BODY_COLUMNS = "seq, part, sha512, data"
 #: PostgreSQL types of the columns each appended table is copied into (binary COPY needs them), in column order.
 _COPY_TYPES: dict[str, list[str]] = {
     "log_records": ["int8", "text", "text", "text", "text", "text", "text", "text", "bytea"],
     "log_persons": ["text", "int8"],
-    "log_small_bodies": ["int8", "int8", "int8", "bytea", "bytea"],
+    "log_small_bodies": ["int8", "int8", "bytea", "bytea"],
 }
 #: Largest page ``find`` returns, whatever the query asks for.
 MAX_FIND_LIMIT = 10_000
@@ -184,18 +184,14 @@ def _backfill_body_refs(conn: Any, sql: Callable[[str], str], dialect: Dialect) 
         after = int(rows[-1][0])
 
 
-def _digest_key(digest: bytes) -> int:
-    """The ``sha512_key`` of a digest: its first 8 bytes as a signed 64-bit integer (an SQL BIGINT)."""
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 def _move_inline_bodies(conn: Any, sql: Callable[[str], str], dialect: Dialect) -> None:
     """Migration 4: ``log_inline_bodies`` into ``log_small_bodies``, each under the newest record naming it.
 
     ``log_bodies.last_seq`` is that record; the body goes under its first part with the digest, so it is deleted
     with that record — exactly when delete_through would have collected it.  An inline body no record names (left
     by a crash between a delete's commit and its clean-up) is garbage and is dropped.  The ``log_bodies`` rows stay:
-    a digest may also have a file from before migration 3, which they still collect.
+    :meth:`SqlLogStore.body` finds a moved body through them when asked for it by an older record naming it, and a
+    digest may also have a file from before migration 3, which they still collect.
     """
     after = ""
     while True:
@@ -204,7 +200,7 @@ def _move_inline_bodies(conn: Any, sql: Callable[[str], str], dialect: Dialect) 
         ).fetchall()
         if not page:
             break
-        moved: list[tuple[int, int, int, bytes, bytes]] = []
+        moved: list[tuple[int, int, bytes, bytes]] = []
         for hex_digest, data in page:
             digest = bytes.fromhex(str(hex_digest))
             ref = conn.execute(sql("SELECT last_seq FROM log_bodies WHERE sha512 = ?"), (digest,)).fetchone()
@@ -216,18 +212,14 @@ def _move_inline_bodies(conn: Any, sql: Callable[[str], str], dialect: Dialect) 
                 continue
             parts = [p.sha512 for p in _parse(str(text[0])).parts]
             if hex_digest in parts:
-                moved.append((seq, parts.index(hex_digest), _digest_key(digest), digest, bytes(data)))
+                moved.append((seq, parts.index(hex_digest), digest, bytes(data)))
         if moved:
             if dialect == "sqlite":
-                conn.executemany(
-                    "INSERT INTO log_small_bodies (seq, part, sha512_key, sha512, data) VALUES (?, ?, ?, ?, ?)", moved
-                )
+                conn.executemany("INSERT INTO log_small_bodies (seq, part, sha512, data) VALUES (?, ?, ?, ?)", moved)
             else:
                 with conn.cursor() as cur:
                     cur.executemany(
-                        "INSERT INTO log_small_bodies (seq, part, sha512_key, sha512, data)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        moved,
+                        "INSERT INTO log_small_bodies (seq, part, sha512, data) VALUES (%s, %s, %s, %s)", moved
                     )
         after = str(page[-1][0])
     conn.execute("DROP TABLE log_inline_bodies")
@@ -292,10 +284,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             # needs a random-key index, and with the hex-keyed table plus its log_bodies rows the WAL grew by ~30 KB
             # per benchmark record (three 1 KB bodies) against ~12 KB this way.
             "CREATE TABLE log_small_bodies (seq {bigint} NOT NULL, part {bigint} NOT NULL,"
-            " sha512_key {bigint} NOT NULL, sha512 {blob} NOT NULL, data {blob} NOT NULL, PRIMARY KEY (seq, part))",
-            # body(digest) finds a row by the digest's first 8 bytes (as a signed integer): an index entry of about
-            # 20 bytes instead of 140, so far fewer index pages are dirtied and written per commit.
-            "CREATE INDEX log_small_bodies_key ON log_small_bodies (sha512_key)",
+            " sha512 {blob} NOT NULL, data {blob} NOT NULL, PRIMARY KEY (seq, part))",
+            # No index by digest: readers name the record too (body(digest, seq)).  An index on even 8 bytes of
+            # the digest dirtied a random page per body: measured, ~25 us of CPU per benchmark record.
         ),
         backfill=_move_inline_bodies,
     ),
@@ -835,12 +826,12 @@ class SqlLogStore:
         person_params = [(p, r.record.seq) for r in rows for p in r.persons]
         first = rows[0].record
         with self._bodies_locked(exclusive=False):
-            # (2) Where each stored part's body goes: a small one given now is a row under its record's (seq,
-            #     part index); a large one a file (log_bodies names its newest record); one not given must be
-            #     stored already — as a file (checked here, and under the body lock not unlinked before the records
-            #     below commit) or as a small body (copied under this record inside the transaction, step 5).
+            # (2) Where each stored part's body goes: a small one is a row under its record's (seq, part index)
+            #     and must be given with every record naming it; a large one is a file (log_bodies names its
+            #     newest record), and one not given must be stored already (checked here, and under the body lock
+            #     not unlinked before the records below commit).
             try:
-                small, files, refs, copies = self._place_bodies(rows, bodies)
+                small, files, refs = self._place_bodies(rows, bodies)
                 # (3) Large bodies are durable files before the records that name them commit.
                 self._bodies.write(files)
             except (OSError, ValueError) as exc:
@@ -858,35 +849,21 @@ class SqlLogStore:
                     self._insert(conn, "log_persons", "person, seq", person_params)
                 if small:
                     self._insert(conn, "log_small_bodies", _SMALL_BODY_COLUMNS, small)
-                for seq, part, digest in copies:
-                    cur = conn.execute(
-                        self._sql(
-                            "INSERT INTO log_small_bodies (seq, part, sha512_key, sha512, data)"
-                            " SELECT ?, ?, sha512_key, sha512, data FROM log_small_bodies"
-                            " WHERE sha512_key = ? AND sha512 = ? LIMIT 1"
-                        ),
-                        (seq, part, _digest_key(digest), digest),
-                    )
-                    if cur.rowcount != 1:
-                        raise LoggingFailed("a logged part marked as stored has no body")
                 _upsert_body_refs(conn, self.dialect, refs)
 
     def _place_bodies(
         self, rows: Sequence[SealedRow], bodies: Mapping[str, Spool]
-    ) -> tuple[
-        list[tuple[int, int, int, bytes, bytes]], dict[str, Spool], dict[bytes, int], list[tuple[int, int, bytes]]
-    ]:
-        """Split the stored parts of ``rows`` into small-body rows, body files, file references and copies.
+    ) -> tuple[list[tuple[int, int, bytes, bytes]], dict[str, Spool], dict[bytes, int]]:
+        """Split the stored parts of ``rows`` into small-body rows, body files and file references.
 
-        Returns ``(small rows (seq, part, key, digest, data), files {hex: spool}, refs {digest: newest seq},
-        copies [(seq, part, digest)])``.  Raises ``LoggingFailed`` for a part whose body is neither given nor stored,
-        ``ValueError`` for a body that does not match its digest.  Bodies given but named by no stored part are not
-        stored (nothing would ever collect them).
+        Returns ``(small rows (seq, part, digest, data), files {hex: spool}, refs {digest: newest seq})``.  Raises
+        ``LoggingFailed`` for a part whose body is neither given nor (large) stored as a file, ``ValueError`` for a
+        body that does not match its digest.  Bodies given but named by no stored part are not stored (nothing
+        would ever collect them).
         """
-        small: list[tuple[int, int, int, bytes, bytes]] = []
+        small: list[tuple[int, int, bytes, bytes]] = []
         files: dict[str, Spool] = {}
         refs: dict[bytes, int] = {}
-        copies: list[tuple[int, int, bytes]] = []
         data_of: dict[str, bytes] = {}
         for row in rows:
             seq = row.record.seq
@@ -896,23 +873,20 @@ class SqlLogStore:
                 if not part.stored or hex_digest in seen:
                     continue
                 seen.add(hex_digest)
-                digest = bytes.fromhex(hex_digest)
                 spool = bodies.get(hex_digest)
                 if spool is not None and spool.size <= INLINE_BODY_MAX:
                     data = data_of.get(hex_digest)
                     if data is None:
                         data = data_of[hex_digest] = _spool_bytes(spool, hex_digest)
-                    small.append((seq, index, _digest_key(digest), digest, data))
+                    small.append((seq, index, bytes.fromhex(hex_digest), data))
                 elif spool is not None:
                     files[hex_digest] = spool
-                    refs[digest] = seq
+                    refs[bytes.fromhex(hex_digest)] = seq
                 elif self._bodies.exists(hex_digest):
-                    refs[digest] = seq
-                elif _HEX512.fullmatch(hex_digest):
-                    copies.append((seq, index, digest))
+                    refs[bytes.fromhex(hex_digest)] = seq
                 else:
                     raise LoggingFailed("a logged part marked as stored has no body")
-        return small, files, refs, copies
+        return small, files, refs
 
     def _insert(self, conn: Any, table: str, columns: str, params: list[tuple[Any, ...]]) -> None:
         if self.dialect == "sqlite":
@@ -1124,15 +1098,22 @@ class SqlLogStore:
         sql += "".join(f" AND {w}" for w in where) + order
         return [_parse(row[0]) for row in self._query(sql, [*params, limit])]
 
-    def body(self, sha512_hex: str) -> bytes | None:
-        """A stored part's bytes (a small body's row, else its file), or ``None`` if not kept."""
+    def body(self, sha512_hex: str, seq: int) -> bytes | None:
+        """The bytes of part ``sha512_hex`` as record ``seq`` names it (small-body row, else file), or ``None``.
+
+        A small body moved by migration 4 is stored under the newest record naming it only; asked for by an older
+        one, it is found through ``log_bodies``.
+        """
         if not _HEX512.fullmatch(sha512_hex):
             return None
         digest = bytes.fromhex(sha512_hex)
-        rows = self._query(
-            "SELECT data FROM log_small_bodies WHERE sha512_key = ? AND sha512 = ? LIMIT 1",
-            (_digest_key(digest), digest),
-        )
+        rows = self._query("SELECT data FROM log_small_bodies WHERE seq = ? AND sha512 = ? LIMIT 1", (seq, digest))
+        if not rows:
+            rows = self._query(
+                "SELECT s.data FROM log_bodies b JOIN log_small_bodies s ON s.seq = b.last_seq AND s.sha512 = b.sha512"
+                " WHERE b.sha512 = ? LIMIT 1",
+                (digest,),
+            )
         if rows:
             return bytes(rows[0][0])
         try:

@@ -191,10 +191,11 @@ def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -
     )
     store.append(records[:1], {**bodies, **attachment})
     store.append(records[1:], bodies)  # the same envelope again
-    assert store.body(part.sha512) == envelope
-    assert store.body(attachment_part.sha512) == b"%PDF-1.7 attachment"
-    assert store.body("0" * 128) is None
-    assert store.body("not a digest") is None
+    assert (store.body(part.sha512, 1), store.body(part.sha512, 2)) == (envelope, envelope)
+    assert store.body(attachment_part.sha512, 1) == b"%PDF-1.7 attachment"
+    assert store.body(attachment_part.sha512, 2) is None  # record 2 does not name it
+    assert store.body("0" * 128, 1) is None
+    assert store.body("not a digest", 1) is None
     expected = tmp_path / "log" / "bodies" / part.sha512[:2] / part.sha512[2:4] / part.sha512
     assert expected.read_bytes() == envelope
     stored_files = sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
@@ -216,7 +217,7 @@ def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_bo
 ) -> None:
     """A body of at most INLINE_BODY_MAX bytes is a database row (no file), a larger one a file; both read back.
 
-    delete_through removes an inline body no remaining record names, and keeps one a later record shares.
+    Each record keeps its own copy of a small body; delete_through removes the copies of the deleted records.
     """
     small = b"<descriptor/>" + b"x" * (INLINE_BODY_MAX - 13)
     assert len(small) == INLINE_BODY_MAX
@@ -228,17 +229,18 @@ def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_bo
         [make_record(1, parts=(own, shared, big)), make_record(2), make_record(3, parts=(shared,)), make_record(4)]
     )
     store.append(records[:2], {**own_bodies, **shared_bodies, **big_bodies})
-    store.append(records[2:], {})  # the shared inline body is named again without being re-sent
+    store.append(records[2:], shared_bodies)
     assert body_files(tmp_path) == [big.sha512]
-    # Each small body is a row under the record and part index naming it; record 3 got its own copy.
+    # Each small body is a row under the record and part index naming it; record 3 has its own copy.
     assert small_bodies(store) == [(1, 0, own.sha512), (1, 1, shared.sha512), (3, 0, shared.sha512)]
-    assert (store.body(own.sha512), store.body(shared.sha512), store.body(big.sha512)) == (small, b"<shared/>", large)
+    assert [store.body(p.sha512, 1) for p in (own, shared, big)] == [small, b"<shared/>", large]
+    assert store.body(shared.sha512, 3) == b"<shared/>"
     store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
     store.delete_through(2)
     assert small_bodies(store) == [(3, 0, shared.sha512)]
-    assert (store.body(own.sha512), store.body(big.sha512), body_files(tmp_path)) == (None, None, [])
-    assert store.body(shared.sha512) == b"<shared/>"
+    assert (store.body(own.sha512, 1), store.body(big.sha512, 1), body_files(tmp_path)) == (None, None, [])
+    assert store.body(shared.sha512, 3) == b"<shared/>"
 
 
 def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
@@ -250,7 +252,7 @@ def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
     metadata_only = dataclasses.replace(part, stored=False)
     store.append(seal_all([make_record(1, parts=(metadata_only,))]), {})
     assert store.head()[0] == 1
-    assert store.body(part.sha512) is None
+    assert store.body(part.sha512, 1) is None
 
 
 def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
@@ -258,7 +260,7 @@ def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
     part, _ = part_with_body(b"what the record says")
     with pytest.raises(LoggingFailed):
         store.append(seal_all([make_record(1, parts=(part,))]), {part.sha512: Spool.from_bytes(b"something else")})
-    assert store.body(part.sha512) is None
+    assert store.body(part.sha512, 1) is None
     assert store.head() == (0, GENESIS_HASH)
 
 
@@ -357,7 +359,7 @@ def stamped_log(store: SqlLogStore) -> tuple[list[LogRecord], str, str]:
         ]
     )
     store.append(records[:2], {**own_bodies, **shared_bodies})
-    store.append(records[2:], {})
+    store.append(records[2:], shared_bodies)
     store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
     return records, own.sha512, shared.sha512
@@ -371,7 +373,7 @@ def test_delete_through_refuses_anything_but_the_end_of_a_batch(store: SqlLogSto
         with pytest.raises(InvalidState, match=f"through record {seq}: it is not the last record of a timestamped"):
             store.delete_through(seq)
     assert [r.seq for r in store.find(LogQuery(limit=10))] == [1, 2, 3, 4, 5]
-    assert store.body(own) == b"<only record 1>"
+    assert store.body(own, 1) == b"<only record 1>"
     assert store.batch_of(1) is not None
 
 
@@ -387,13 +389,13 @@ def test_delete_through_removes_records_persons_batches_and_unshared_bodies(stor
     assert store._query("SELECT person, seq FROM log_persons ORDER BY seq, person") == [("AZE0000001", 3)]
     assert store.find(LogQuery(person="AZE0000009")) == []
     assert (store.batch_of(2), getattr(store.batch_of(3), "id", None)) == (None, 2)
-    assert store.body(own) is None
+    assert store.body(own, 1) is None
     assert not os.path.exists(store._bodies.path(own))
-    assert store.body(shared) == b"<records 1 and 3>"
+    assert store.body(shared, 3) == b"<records 1 and 3>"
     assert (store.head(), store.stamped_through()) == (head, 4)
     # Deleting the rest leaves the shared body unnamed, so it goes too; the head is still known.
     store.delete_through(4)
-    assert (store.find(LogQuery()), store.body(shared), store.head()) == ([], None, head)
+    assert (store.find(LogQuery()), store.body(shared, 3), store.head()) == ([], None, head)
 
 
 def test_a_body_named_again_after_the_delete_committed_is_kept(store: SqlLogStore) -> None:
@@ -414,7 +416,7 @@ def test_a_body_named_again_after_the_delete_committed_is_kept(store: SqlLogStor
 
     store._unlink_bodies = append_then_unlink  # type: ignore[method-assign]
     store.delete_through(2)
-    assert store.body(part.sha512) == large
+    assert store.body(part.sha512, 3) == large
     assert [r.seq for r in store.find(LogQuery(limit=10))] == [3]
 
 
@@ -433,32 +435,29 @@ def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> N
         refs = new._query("SELECT sha512, last_seq FROM log_bodies ORDER BY last_seq")
         assert [(bytes(d).hex(), seq) for d, seq in refs] == [(own, 1), (shared, 3)]
         new.delete_through(2)
-        assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+        assert (new.body(own, 1), new.body(shared, 3)) == (None, b"<records 1 and 3>")
     finally:
         new.close()
 
 
-def test_a_small_body_named_again_after_its_record_was_deleted_is_refused(store: SqlLogStore) -> None:
-    """A record naming, without giving it, a small body whose only record was deleted is refused, nothing stored.
+def test_a_small_body_must_be_given_with_every_record_naming_it(store: SqlLogStore) -> None:
+    """A small body is kept per record: a record naming one stored before, without giving it, is refused.
 
-    The copy under the new record is made inside the append's transaction, so the delete cannot slip in between a
-    check and the commit.
+    (A large body's file may be named again without being given: see the delete_through race test.)
     """
-    part, bodies = part_with_body(b"<gone soon/>")
-    store.append(seal_all([make_record(1, parts=(part,)), make_record(2)]), bodies)
-    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
-    store.delete_through(2)
+    part, bodies = part_with_body(b"<small/>")
+    store.append(seal_all([make_record(1, parts=(part,))]), bodies)
     head = store.head()
     with pytest.raises(LoggingFailed, match="has no body"):
-        store.append(seal_all([make_record(3, parts=(part,))], head), {})
-    assert (store.head(), store.body(part.sha512), small_bodies(store)) == (head, None, [])
+        store.append(seal_all([make_record(2, parts=(part,))], head), {})
+    assert (store.head(), small_bodies(store)) == (head, [(1, 0, part.sha512)])
 
 
 def test_a_body_given_but_named_by_no_stored_part_is_not_kept(store: SqlLogStore) -> None:
     """Only bodies of stored parts are kept: a metadata-only part's bytes, given anyway, are not stored."""
     part, bodies = part_with_body(b"<metadata only/>")
     store.append(seal_all([make_record(1, parts=(dataclasses.replace(part, stored=False),))]), bodies)
-    assert (store.head()[0], store.body(part.sha512), small_bodies(store)) == (1, None, [])
+    assert (store.head()[0], store.body(part.sha512, 1), small_bodies(store)) == (1, None, [])
 
 
 def downgrade_to_migration_3(store: SqlLogStore) -> None:
@@ -498,16 +497,18 @@ def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, 
     try:
         assert new._query("SELECT MAX(version) FROM schema_version") == [(5,)]
         assert small_bodies(new) == sorted([(1, 0, own), (3, 0, shared)])
-        assert (new.body(own), new.body(shared), new.body("ab" * 64)) == (
+        # Record 1 names the shared body too: found under record 3 through log_bodies.
+        assert [new.body(own, 1), new.body(shared, 1), new.body(shared, 3), new.body("ab" * 64, 1)] == [
             b"<only record 1>",
             b"<records 1 and 3>",
+            b"<records 1 and 3>",
             None,
-        )
+        ]
         assert new._query("SELECT COUNT(*) FROM log_bodies") == [(2,)]  # kept: they may still name old files
         new.delete_through(2)
-        assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+        assert (new.body(own, 1), new.body(shared, 3)) == (None, b"<records 1 and 3>")
         new.delete_through(4)
-        assert (new.body(shared), small_bodies(new)) == (None, [])
+        assert (new.body(shared, 3), small_bodies(new)) == (None, [])
         assert new.records(1, 4) == []
         assert records[0].seq == 1
     finally:

@@ -44,8 +44,8 @@ class CountingStore:
     def find(self, query: LogQuery) -> list[LogRecord]:
         return self.inner.find(query)
 
-    def body(self, sha512_hex: str) -> bytes | None:
-        return self.inner.body(sha512_hex)
+    def body(self, sha512_hex: str, seq: int) -> bytes | None:
+        return self.inner.body(sha512_hex, seq)
 
     def unstamped(self, limit: int) -> list[tuple[int, bytes, str]]:
         return self.inner.unstamped(limit)
@@ -96,7 +96,7 @@ async def test_fast_path_stores_the_same_chain(sql_store: SqlLogStore) -> None:
     stored = sql_store.records(1, 50)
     verify_chain(stored)
     assert stored == sorted(sealed, key=lambda r: r.seq)
-    assert sql_store.body(part.sha512) == "<Envelope>ü</Envelope>".encode()
+    assert [sql_store.body(part.sha512, seq) for seq in (1, 50)] == ["<Envelope>ü</Envelope>".encode()] * 2
     assert [r.seq for r in sql_store.find(LogQuery(person="AZ2", limit=100))] == list(range(1, 51))
 
 
@@ -217,7 +217,7 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
         with pytest.raises(asyncio.CancelledError):
             await in_progress
         assert sql_store.head()[0] == 1
-        assert sql_store.body(part.sha512) == b"<Envelope/>"
+        assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
         assert (await log.append(make_record(3), {})).seq == 2
     verify_chain(sql_store.records(1, 2))
 
