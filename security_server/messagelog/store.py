@@ -653,7 +653,8 @@ class SqlLogStore:
         self._checkpointer: _Checkpointer | None = None
         self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        with self._writing() as conn:
+        # No checkpointer for the migrations: a store only read from (``korpu audit query``) starts no thread.
+        with self._writing(checkpoint=False) as conn:
             self._migrate(conn)
 
     # Connections ------------------------------------------------------------------------------------------------
@@ -683,8 +684,11 @@ class SqlLogStore:
         return psycopg.connect(self._url, autocommit=not write)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Any]:
-        """One write transaction on the shared write connection; commit at the end, roll back on any error."""
+    def _writing(self, *, checkpoint: bool = True) -> Iterator[Any]:
+        """One write transaction on the shared write connection; commit at the end, roll back on any error.
+
+        ``checkpoint``: after the commit, start or wake the SQLite checkpointer (see :meth:`_after_commit`).
+        """
         with self._write_lock:
             if self._closed:
                 raise LoggingFailed("the message log store is closed")
@@ -707,7 +711,7 @@ class SqlLogStore:
                     log.error("message log write failed", dialect=self.dialect, error=type(exc).__name__)
                     raise LoggingFailed("the message log database write failed and was rolled back") from exc
                 raise
-            if self.dialect == "sqlite":
+            if self.dialect == "sqlite" and checkpoint:
                 self._after_commit(conn)
 
     def _after_commit(self, conn: sqlite3.Connection) -> None:
