@@ -64,7 +64,8 @@ class LogStore(Protocol):
     def append(self, records: Sequence[LogRecord], bodies: Mapping[str, Spool]) -> None:
         """Store sealed, consecutive records and the bodies they reference (by SHA-512 hex) in one transaction.
 
-        Bodies are written (and fsynced) before the records commit; when this returns, all are durable.
+        Bodies are written (and fsynced) before the records commit; when this returns, all are durable.  Give the
+        bodies of every stored part with each record (a store may keep small ones per record).
         """
         ...
 
@@ -76,8 +77,12 @@ class LogStore(Protocol):
         """Records matching ``query``, in seq order, at most ``query.limit``."""
         ...
 
-    def body(self, sha512_hex: str) -> bytes | None:
-        """A stored part's bytes, or ``None`` if not kept (metadata-only logging) or archived away."""
+    def body(self, sha512_hex: str, seq: int) -> bytes | None:
+        """The bytes of part ``sha512_hex`` as record ``seq`` names it, or ``None`` if not kept or archived away.
+
+        ``None`` also for metadata-only logging.  The seq lets a store keep small bodies with their record, without
+        an index by digest.
+        """
         ...
 
     def unstamped(self, limit: int) -> list[tuple[int, bytes, str]]:

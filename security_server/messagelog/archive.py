@@ -159,7 +159,7 @@ def _evidence(store: LogStore, record: LogRecord, role: str) -> RecordEvidence:
     for part in record.parts:
         if not part.stored:
             continue
-        data = store.body(part.sha512)
+        data = store.body(part.sha512, record.seq)
         if data is None:
             raise InvalidState(
                 f"the {role} record {record.seq}: part {part.name!r} is no longer in the live log (archived away)"
@@ -376,7 +376,7 @@ def _write_archive(
 ) -> LogRecord:
     writer = AsicWriter(fh)
     last_seq = batches[-1].last_seq
-    digests: set[str] = set()
+    digests: dict[str, int] = {}  # each stored body and a record naming it (a store may keep bodies per record)
     head = bytes.fromhex(prev_hash)
     expected = first_seq
     last: LogRecord | None = None
@@ -390,13 +390,13 @@ def _write_archive(
             ):
                 raise LogVerificationFailed(f"record {record.seq} of the live log does not fit the chain")
             out.write(canonical(record.to_json()) + b"\n")
-            digests.update(p.sha512 for p in record.parts if p.stored)
+            digests.update((p.sha512, record.seq) for p in record.parts if p.stored)
             head, expected, last = bytes.fromhex(record.hash), expected + 1, record
     if last is None or last.seq != last_seq:
         raise LogVerificationFailed(f"the live log lacks records up to {last_seq}")
     # (2) The bodies, once each.
     for digest in sorted(digests):
-        data = store.body(digest)
+        data = store.body(digest, digests[digest])
         if data is None:
             raise InvalidState(f"the body {digest[:16]}… of an archived record is missing from the live log")
         writer.add(f"bodies/{digest}", data, MEDIA_OCTETS)

@@ -78,7 +78,7 @@ def evidence(store: MemoryLogStore, record: LogRecord, batch: Batch) -> RecordEv
     """What the archiver gathers for one record (done by hand here: bridge must not need the security server)."""
     hashes = [bytes.fromhex(r.hash) for r in store.records(batch.first_seq, batch.last_seq)]
     proof = merkle_proof(hashes, record.seq - batch.first_seq)
-    parts = {p.name: store.body(p.sha512) or b"" for p in record.parts if p.stored}
+    parts = {p.name: store.body(p.sha512, record.seq) or b"" for p in record.parts if p.stored}
     ref = BatchRef(batch.id, batch.first_seq, batch.last_seq, batch.merkle_root.hex(), batch.stamped_at, batch.tsa_url)
     return RecordEvidence(record, parts, proof, ref, batch.token)
 

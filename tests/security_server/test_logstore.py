@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from bridge.errors import InvalidState, LoggingFailed
 from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import LogQuery
-from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, normalise_time
+from security_server.messagelog import store as store_module
+from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, _Checkpointer, normalise_time
 
 SERVER = "SERVER:AZ/GOV/1400057421/ss1"
 BANK = "SUBSYSTEM:AZ/COM/9900001111/loans"
@@ -89,7 +91,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
     second = SqlLogStore(db_url, tmp_path / "log")
     try:
         assert second.records(1, 1) == records
-        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+        assert second._query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,)]
     finally:
         second.close()
 
@@ -189,14 +191,21 @@ def test_bodies_round_trip_and_deduplicate(store: SqlLogStore, tmp_path: Path) -
     )
     store.append(records[:1], {**bodies, **attachment})
     store.append(records[1:], bodies)  # the same envelope again
-    assert store.body(part.sha512) == envelope
-    assert store.body(attachment_part.sha512) == b"%PDF-1.7 attachment"
-    assert store.body("0" * 128) is None
-    assert store.body("not a digest") is None
+    assert (store.body(part.sha512, 1), store.body(part.sha512, 2)) == (envelope, envelope)
+    assert store.body(attachment_part.sha512, 1) == b"%PDF-1.7 attachment"
+    assert store.body(attachment_part.sha512, 2) is None  # record 2 does not name it
+    assert store.body("0" * 128, 1) is None
+    assert store.body("not a digest", 1) is None
     expected = tmp_path / "log" / "bodies" / part.sha512[:2] / part.sha512[2:4] / part.sha512
     assert expected.read_bytes() == envelope
     stored_files = sorted(p.name for p in (tmp_path / "log" / "bodies").rglob("*") if p.is_file())
     assert stored_files == [part.sha512]  # the small attachment is inline
+
+
+def small_bodies(store: SqlLogStore) -> list[tuple[int, int, str]]:
+    """``(seq, part, sha512 hex)`` of every small-body row, in key order."""
+    rows = store._query("SELECT seq, part, sha512 FROM log_small_bodies ORDER BY seq, part")
+    return [(int(seq), int(part), bytes(digest).hex()) for seq, part, digest in rows]
 
 
 def body_files(tmp_path: Path) -> list[str]:
@@ -208,7 +217,7 @@ def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_bo
 ) -> None:
     """A body of at most INLINE_BODY_MAX bytes is a database row (no file), a larger one a file; both read back.
 
-    delete_through removes an inline body no remaining record names, and keeps one a later record shares.
+    Each record keeps its own copy of a small body; delete_through removes the copies of the deleted records.
     """
     small = b"<descriptor/>" + b"x" * (INLINE_BODY_MAX - 13)
     assert len(small) == INLINE_BODY_MAX
@@ -220,17 +229,18 @@ def test_small_bodies_are_inline_large_ones_files_and_delete_through_collects_bo
         [make_record(1, parts=(own, shared, big)), make_record(2), make_record(3, parts=(shared,)), make_record(4)]
     )
     store.append(records[:2], {**own_bodies, **shared_bodies, **big_bodies})
-    store.append(records[2:], {})  # the shared inline body is named again without being re-sent
+    store.append(records[2:], shared_bodies)
     assert body_files(tmp_path) == [big.sha512]
-    inline = store._query("SELECT sha512 FROM log_inline_bodies ORDER BY sha512")
-    assert inline == sorted([(own.sha512,), (shared.sha512,)])
-    assert (store.body(own.sha512), store.body(shared.sha512), store.body(big.sha512)) == (small, b"<shared/>", large)
+    # Each small body is a row under the record and part index naming it; record 3 has its own copy.
+    assert small_bodies(store) == [(1, 0, own.sha512), (1, 1, shared.sha512), (3, 0, shared.sha512)]
+    assert [store.body(p.sha512, 1) for p in (own, shared, big)] == [small, b"<shared/>", large]
+    assert store.body(shared.sha512, 3) == b"<shared/>"
     store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
     store.delete_through(2)
-    assert store._query("SELECT sha512 FROM log_inline_bodies") == [(shared.sha512,)]
-    assert (store.body(own.sha512), store.body(big.sha512), body_files(tmp_path)) == (None, None, [])
-    assert store.body(shared.sha512) == b"<shared/>"
+    assert small_bodies(store) == [(3, 0, shared.sha512)]
+    assert (store.body(own.sha512, 1), store.body(big.sha512, 1), body_files(tmp_path)) == (None, None, [])
+    assert store.body(shared.sha512, 3) == b"<shared/>"
 
 
 def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
@@ -242,7 +252,7 @@ def test_a_stored_part_without_its_body_is_refused(store: SqlLogStore) -> None:
     metadata_only = dataclasses.replace(part, stored=False)
     store.append(seal_all([make_record(1, parts=(metadata_only,))]), {})
     assert store.head()[0] == 1
-    assert store.body(part.sha512) is None
+    assert store.body(part.sha512, 1) is None
 
 
 def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
@@ -250,7 +260,7 @@ def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
     part, _ = part_with_body(b"what the record says")
     with pytest.raises(LoggingFailed):
         store.append(seal_all([make_record(1, parts=(part,))]), {part.sha512: Spool.from_bytes(b"something else")})
-    assert store.body(part.sha512) is None
+    assert store.body(part.sha512, 1) is None
     assert store.head() == (0, GENESIS_HASH)
 
 
@@ -349,7 +359,7 @@ def stamped_log(store: SqlLogStore) -> tuple[list[LogRecord], str, str]:
         ]
     )
     store.append(records[:2], {**own_bodies, **shared_bodies})
-    store.append(records[2:], {})
+    store.append(records[2:], shared_bodies)
     store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     store.add_batch(3, 4, b"\x02" * 32, b"token-2", "http://tsa", "2024-05-01T10:02:00Z")
     return records, own.sha512, shared.sha512
@@ -363,7 +373,7 @@ def test_delete_through_refuses_anything_but_the_end_of_a_batch(store: SqlLogSto
         with pytest.raises(InvalidState, match=f"through record {seq}: it is not the last record of a timestamped"):
             store.delete_through(seq)
     assert [r.seq for r in store.find(LogQuery(limit=10))] == [1, 2, 3, 4, 5]
-    assert store.body(own) == b"<only record 1>"
+    assert store.body(own, 1) == b"<only record 1>"
     assert store.batch_of(1) is not None
 
 
@@ -379,32 +389,35 @@ def test_delete_through_removes_records_persons_batches_and_unshared_bodies(stor
     assert store._query("SELECT person, seq FROM log_persons ORDER BY seq, person") == [("AZE0000001", 3)]
     assert store.find(LogQuery(person="AZE0000009")) == []
     assert (store.batch_of(2), getattr(store.batch_of(3), "id", None)) == (None, 2)
-    assert store.body(own) is None
+    assert store.body(own, 1) is None
     assert not os.path.exists(store._bodies.path(own))
-    assert store.body(shared) == b"<records 1 and 3>"
+    assert store.body(shared, 3) == b"<records 1 and 3>"
     assert (store.head(), store.stamped_through()) == (head, 4)
     # Deleting the rest leaves the shared body unnamed, so it goes too; the head is still known.
     store.delete_through(4)
-    assert (store.find(LogQuery()), store.body(shared), store.head()) == ([], None, head)
+    assert (store.find(LogQuery()), store.body(shared, 3), store.head()) == ([], None, head)
 
 
 def test_a_body_named_again_after_the_delete_committed_is_kept(store: SqlLogStore) -> None:
-    """A body named again by an append between delete_through's commit and its unlinking stays.
+    """A body file named again by an append between delete_through's commit and its unlinking stays.
 
     The append does not re-send the body (the file exists); the unlinking re-checks log_bodies under the body lock.
+    (Small bodies are rows deleted in delete_through's own transaction, so they have no such window.)
     """
-    _, own, _ = stamped_log(store)
+    large = b"<Envelope>" + b"x" * INLINE_BODY_MAX + b"</Envelope>"
+    part, bodies = part_with_body(large)
+    store.append(seal_all([make_record(1, parts=(part,)), make_record(2)]), bodies)
+    store.add_batch(1, 2, b"\x01" * 32, b"token-1", "http://tsa", "2024-05-01T10:01:00Z")
     unlink = store._unlink_bodies
 
     def append_then_unlink(digests: list[str]) -> None:
-        part = LogPart("body", "text/xml", len(b"<only record 1>"), own)
-        store.append(seal_all([make_record(5, parts=(part,))], store.head()), {})
+        store.append(seal_all([make_record(3, parts=(part,))], store.head()), {})
         unlink(digests)
 
     store._unlink_bodies = append_then_unlink  # type: ignore[method-assign]
     store.delete_through(2)
-    assert store.body(own) == b"<only record 1>"
-    assert [r.seq for r in store.find(LogQuery(limit=10))] == [3, 4, 5]
+    assert store.body(part.sha512, 3) == large
+    assert [r.seq for r in store.find(LogQuery(limit=10))] == [3]
 
 
 def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> None:
@@ -422,6 +435,180 @@ def test_migration_2_backfills_body_references(db_url: str, tmp_path: Path) -> N
         refs = new._query("SELECT sha512, last_seq FROM log_bodies ORDER BY last_seq")
         assert [(bytes(d).hex(), seq) for d, seq in refs] == [(own, 1), (shared, 3)]
         new.delete_through(2)
-        assert (new.body(own), new.body(shared)) == (None, b"<records 1 and 3>")
+        assert (new.body(own, 1), new.body(shared, 3)) == (None, b"<records 1 and 3>")
     finally:
         new.close()
+
+
+def test_a_small_body_must_be_given_with_every_record_naming_it(store: SqlLogStore) -> None:
+    """A small body is kept per record: a record naming one stored before, without giving it, is refused.
+
+    (A large body's file may be named again without being given: see the delete_through race test.)
+    """
+    part, bodies = part_with_body(b"<small/>")
+    store.append(seal_all([make_record(1, parts=(part,))]), bodies)
+    head = store.head()
+    with pytest.raises(LoggingFailed, match="has no body"):
+        store.append(seal_all([make_record(2, parts=(part,))], head), {})
+    assert (store.head(), small_bodies(store)) == (head, [(1, 0, part.sha512)])
+
+
+def test_a_body_given_but_named_by_no_stored_part_is_not_kept(store: SqlLogStore) -> None:
+    """Only bodies of stored parts are kept: a metadata-only part's bytes, given anyway, are not stored."""
+    part, bodies = part_with_body(b"<metadata only/>")
+    store.append(seal_all([make_record(1, parts=(dataclasses.replace(part, stored=False),))]), bodies)
+    assert (store.head()[0], store.body(part.sha512, 1), small_bodies(store)) == (1, None, [])
+
+
+def downgrade_to_migration_3(store: SqlLogStore) -> None:
+    """Rewrite ``store``'s small bodies the way migration 3 kept them (hex key, a log_bodies row), schema 3."""
+    rows = store._query("SELECT seq, sha512, data FROM log_small_bodies ORDER BY seq, part")
+    with store._writing() as conn:
+        conn.execute(store._sql("CREATE TABLE log_inline_bodies (sha512 TEXT PRIMARY KEY, data {blob} NOT NULL)"))
+        for seq, digest, data in rows:
+            conn.execute(
+                store._sql("INSERT INTO log_inline_bodies (sha512, data) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+                (bytes(digest).hex(), bytes(data)),
+            )
+            conn.execute(
+                store._sql(
+                    "INSERT INTO log_bodies (sha512, last_seq) VALUES (?, ?)"
+                    " ON CONFLICT (sha512) DO UPDATE SET last_seq = excluded.last_seq"
+                ),
+                (bytes(digest), seq),
+            )
+        conn.execute("DROP TABLE log_small_bodies")
+        conn.execute("DELETE FROM schema_version WHERE version = 4")
+
+
+def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, tmp_path: Path) -> None:
+    """A log written under migration 3 keeps every small body: each moves under the newest record naming it.
+
+    Bodies read back; delete_through then removes a body with its last record and keeps a shared one until the
+    later record naming it goes; an unreferenced leftover inline body is dropped.
+    """
+    old = SqlLogStore(db_url, tmp_path / "log")
+    records, own, shared = stamped_log(old)
+    downgrade_to_migration_3(old)
+    with old._writing() as conn:  # a leftover of a crash between a delete's commit and its clean-up
+        conn.execute(old._sql("INSERT INTO log_inline_bodies (sha512, data) VALUES (?, ?)"), ("ab" * 64, b"junk"))
+    old.close()
+    new = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(5,)]
+        assert small_bodies(new) == sorted([(1, 0, own), (3, 0, shared)])
+        # Record 1 names the shared body too: found under record 3 through log_bodies.
+        assert [new.body(own, 1), new.body(shared, 1), new.body(shared, 3), new.body("ab" * 64, 1)] == [
+            b"<only record 1>",
+            b"<records 1 and 3>",
+            b"<records 1 and 3>",
+            None,
+        ]
+        assert new._query("SELECT COUNT(*) FROM log_bodies") == [(2,)]  # kept: they may still name old files
+        new.delete_through(2)
+        assert (new.body(own, 1), new.body(shared, 3)) == (None, b"<records 1 and 3>")
+        new.delete_through(4)
+        assert (new.body(shared, 3), small_bodies(new)) == (None, [])
+        assert new.records(1, 4) == []
+        assert records[0].seq == 1
+    finally:
+        new.close()
+
+
+# SQLite checkpoints ------------------------------------------------------------------------------------------------
+
+
+def wait_for_checkpoint(checkpointer: _Checkpointer, runs: int) -> None:
+    """Wait (at most 10 s) until the background checkpointer has run ``runs`` times."""
+    with checkpointer.done:
+        assert checkpointer.done.wait_for(lambda: checkpointer.runs >= runs, timeout=10) is True
+
+
+def append_with_body(store: SqlLogStore, i: int) -> None:
+    """Append record ``i`` with its own 20 KB small body (about six WAL frames with the index pages)."""
+    part, bodies = part_with_body(f"<body {i}/>".encode() + os.urandom(20_000))
+    store.append(seal_all([make_record(i, parts=(part,))], store.head()), bodies)
+
+
+def wal_size(path: Path) -> int:
+    wal = Path(str(path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_sqlite_checkpoints_run_in_the_background_not_in_the_commit(tmp_path: Path) -> None:
+    """The write connection never checkpoints on commit; the checkpointer thread copies the WAL after commits."""
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        assert store._write_conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        assert store._checkpointer is None  # opening (and migrating) starts no thread: a reader needs none
+        append_with_body(store, 1)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        wait_for_checkpoint(checkpointer, 1)
+        # Everything committed is in the database file already: a new checkpoint finds nothing left to copy.
+        other = sqlite3.connect(path)
+        try:
+            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            other.close()
+        assert (busy, copied) == (0, frames)
+    finally:
+        store.close()
+    assert checkpointer._thread.is_alive() is False
+
+
+def appends_keep_the_wal_bounded(store: SqlLogStore, path: Path) -> None:
+    """Append 150 records of ~6 WAL frames back to back; the WAL never gets far past its limit."""
+    largest = 0
+    for i in range(1, 151):
+        append_with_body(store, i)
+        largest = max(largest, wal_size(path))
+    # Never started over, the WAL would hold some 900 frames (4 KiB + 24 B each): 3.7 MB.
+    assert largest < 2 * store_module.WAL_LIMIT_BYTES
+    assert store.head()[0] == 150
+
+
+def test_the_wal_starts_over_once_past_its_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under steady appends the WAL stays bounded: past the limit the writer finishes a checkpoint itself."""
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 64 * 4120)
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        appends_keep_the_wal_bounded(store, path)
+    finally:
+        store.close()
+
+
+def test_a_failing_checkpointer_leaves_the_checkpoints_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the checkpointer cannot work, appends still succeed and the writer keeps the WAL bounded after commits."""
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 64 * 4120)
+    path = tmp_path / "log.db"
+    store = SqlLogStore(f"sqlite:///{path}", tmp_path / "log")
+    try:
+        # A checkpointer whose database cannot be opened: every run fails.
+        assert store._checkpointer is None
+        broken = _Checkpointer(str(tmp_path / "missing" / "log.db"))
+        store._checkpointer = broken
+        appends_keep_the_wal_bounded(store, path)
+        wait_for_checkpoint(broken, 1)
+        assert broken._conn is None
+    finally:
+        store.close()
+
+
+def test_postgresql_keeps_records_up_to_a_page_out_of_toast(db_url: str, tmp_path: Path) -> None:
+    """Migration 5: on PostgreSQL log_records toasts only rows past a page; on SQLite it is recorded, a no-op."""
+    store = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        assert store._query("SELECT MAX(version) FROM schema_version") == [(5,)]
+        if store.dialect == "postgresql":
+            options = store._query("SELECT reloptions FROM pg_class WHERE oid = 'log_records'::regclass")
+            assert options == [(["toast_tuple_target=8160"],)]
+        records = seal_all([make_record(1, signature="QUJD" * 900)])  # a ~3.6 KB signature: past the old threshold
+        store.append(records, {})
+        assert store.records(1, 1) == records
+    finally:
+        store.close()

@@ -12,7 +12,7 @@ import pytest
 
 import security_server.messagelog.writer as writer
 from bridge.errors import LoggingFailed, TimestampingFailed
-from bridge.messagelog import LogPart, LogRecord, canonical, verify_chain
+from bridge.messagelog import Direction, LogPart, LogRecord, Side, canonical, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import Batch, LogQuery
 from security_server.messagelog.store import SqlLogStore
@@ -44,8 +44,8 @@ class CountingStore:
     def find(self, query: LogQuery) -> list[LogRecord]:
         return self.inner.find(query)
 
-    def body(self, sha512_hex: str) -> bytes | None:
-        return self.inner.body(sha512_hex)
+    def body(self, sha512_hex: str, seq: int) -> bytes | None:
+        return self.inner.body(sha512_hex, seq)
 
     def unstamped(self, limit: int) -> list[tuple[int, bytes, str]]:
         return self.inner.unstamped(limit)
@@ -115,7 +115,7 @@ async def test_fast_path_stores_the_same_chain(sql_store: SqlLogStore) -> None:
     stored = sql_store.records(1, 50)
     verify_chain(stored)
     assert stored == sorted(sealed, key=lambda r: r.seq)
-    assert sql_store.body(part.sha512) == "<Envelope>ü</Envelope>".encode()
+    assert [sql_store.body(part.sha512, seq) for seq in (1, 50)] == ["<Envelope>ü</Envelope>".encode()] * 2
     assert [r.seq for r in sql_store.find(LogQuery(person="AZ2", limit=100))] == list(range(1, 51))
 
 
@@ -274,7 +274,7 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
         with pytest.raises(asyncio.CancelledError):
             await in_progress
         assert sql_store.head()[0] == 1
-        assert sql_store.body(part.sha512) == b"<Envelope/>"
+        assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
         assert (await log.append(make_record(3), {})).seq == 2
     verify_chain(sql_store.records(1, 2))
 
@@ -372,3 +372,21 @@ def test_a_log_belongs_to_the_loop_that_started_it(db_url: str, tmp_path: Path) 
         verify_chain(store.records(1, 2))
     finally:
         store.close()
+
+
+def test_seal_row_matches_the_reference_sealing_for_enums_and_nested_values() -> None:
+    """Str enums, nested dicts and tuples (what proxies may pass) seal exactly as LogRecord.sealed does."""
+    record = make_record(
+        5,
+        side=Side.PROVIDER,
+        direction=Direction.RESPONSE,
+        decision={"allowed": True, "nested": {"b": 1, "a": (1, 2)}},
+        timings_ms={"sign": 0.25, "verify": 1e16},
+    )
+    row = seal_row(record, 9, bytes(32))
+    reference = record.sealed(9, bytes(32))
+    assert (row.record, row.json, row.hash.hex()) == (
+        reference,
+        canonical(reference.to_json()).decode(),
+        reference.hash,
+    )

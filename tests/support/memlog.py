@@ -99,8 +99,8 @@ class MemoryLogStore:
                 break
         return out
 
-    def body(self, sha512_hex: str) -> bytes | None:
-        """A stored body."""
+    def body(self, sha512_hex: str, seq: int) -> bytes | None:
+        """A stored body (kept once per digest here, whichever record names it)."""
         return self._bodies.get(sha512_hex)
 
     def unstamped(self, limit: int) -> list[tuple[int, bytes, str]]:
