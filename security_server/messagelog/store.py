@@ -83,7 +83,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -99,6 +99,7 @@ __all__ = ["INLINE_BODY_MAX", "MIGRATIONS", "SealedRow", "SqlLogStore", "normali
 log = structlog.get_logger(__name__)
 
 Dialect = Literal["sqlite", "postgresql"]
+_T = TypeVar("_T")
 
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: PostgreSQL advisory-lock key held while migrating, so concurrent nodes apply each migration exactly once.
@@ -436,7 +437,7 @@ class _BodyStore:
             return
         chunks = [items[i::_BODY_THREADS] for i in range(min(_BODY_THREADS, len(items)))]
         # (1)-(2) Each body to a temporary file ...
-        staged = [self._stage(chunks[0])] if len(chunks) == 1 else list(_body_pool().map(self._stage, chunks))
+        staged = [self._stage(chunks[0])] if len(chunks) == 1 else _all_or_raise(self._stage, chunks)
         pending = [p for chunk in staged for p in chunk]
         if not pending:
             return
@@ -446,7 +447,7 @@ class _BodyStore:
         if len(staged) == 1:
             dirs = self._rename(pending)
         else:
-            dirs = set().union(*_body_pool().map(self._rename, [c for c in staged if c]))
+            dirs = set().union(*_all_or_raise(self._rename, [c for c in staged if c]))
         # (4) ... and the names reach the disk before the records that refer to them commit.
         if self._use_syncfs:
             self._sync_fs()
@@ -493,6 +494,17 @@ class _BodyStore:
             _syncfs(fd)
         finally:
             os.close(fd)
+
+
+def _all_or_raise(fn: Callable[[Any], _T], chunks: Sequence[Any]) -> list[_T]:
+    """``fn`` over ``chunks`` in the body pool; every call has finished before this returns or raises.
+
+    ``Executor.map`` raises at the first failed call while others still run: the writer would then report the
+    failure and its callers free spools that a pool thread is still reading.
+    """
+    futures = [_body_pool().submit(fn, chunk) for chunk in chunks]
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
 
 
 def _copy_spool(spool: Spool, fd: int) -> None:

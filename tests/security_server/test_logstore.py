@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -262,6 +263,32 @@ def test_a_body_under_the_wrong_digest_is_refused(store: SqlLogStore) -> None:
         store.append(seal_all([make_record(1, parts=(part,))]), {part.sha512: Spool.from_bytes(b"something else")})
     assert store.body(part.sha512, 1) is None
     assert store.head() == (0, GENESIS_HASH)
+
+
+def test_a_failed_body_write_returns_only_once_no_thread_reads_the_bodies(
+    store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one of the parallel body writers fails, the error surfaces after the others have finished reading.
+
+    (Its caller frees the spools as soon as it hears of the failure.)
+    """
+    bodies = {s.digest.hex(): s for s in (Spool.from_bytes(bytes([i]) * 70_000) for i in range(4))}
+    failing = next(iter(bodies))
+    finished: list[str] = []
+    real_stage = store_module._BodyStore._stage
+
+    def stage(self: store_module._BodyStore, items: list[tuple[str, Spool]]) -> list[tuple[str, str]]:
+        if any(digest == failing for digest, _ in items):
+            raise OSError("disk full")
+        threading.Event().wait(0.2)  # the other writers are still copying when the failure is raised
+        result = real_stage(self, items)
+        finished.extend(digest for digest, _ in items)
+        return result
+
+    monkeypatch.setattr(store_module._BodyStore, "_stage", stage)
+    with pytest.raises(OSError, match="disk full"):
+        store._bodies.write(bodies)
+    assert sorted(finished) == sorted(d for d in bodies if d != failing)
 
 
 def test_append_refuses_records_that_do_not_continue_the_head(store: SqlLogStore) -> None:
