@@ -585,6 +585,27 @@ def test_sqlite_checkpoints_run_in_the_background_not_in_the_commit(tmp_path: Pa
     assert checkpointer._thread.is_alive() is False
 
 
+def test_commits_in_quick_succession_share_one_background_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a checkpoint the next waits CHECKPOINT_INTERVAL_S (each fsyncs the database); stop() cuts it short."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL_S", 3600.0)
+    store = SqlLogStore(f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "log")
+    try:
+        append_with_body(store, 1)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        wait_for_checkpoint(checkpointer, 1)
+        for i in range(2, 12):
+            append_with_body(store, i)
+        with checkpointer.done:  # built as first, each of these commits started a checkpoint within milliseconds
+            assert checkpointer.done.wait_for(lambda: checkpointer.runs >= 2, timeout=0.5) is False
+    finally:
+        store.close()  # returns at once: the hour's wait ends with stop()
+    assert checkpointer.runs == 1
+    assert checkpointer._thread.is_alive() is False
+
+
 def appends_keep_the_wal_bounded(store: SqlLogStore, path: Path) -> None:
     """Append 150 records of ~6 WAL frames back to back; the WAL never gets far past its limit."""
     largest = 0
