@@ -13,6 +13,10 @@ Records and their spools are built before the clock starts, so the figure is the
 SQLite runs on a temporary file (``--dir`` to choose the file system); with ``--pg URL`` (an admin connection,
 e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``) the benchmark also runs on PostgreSQL in a database it
 creates and drops.  Prints records/s and the number of store transactions (groups).
+
+Timestamping runs as on a security server: a :class:`Timestamper` (size trigger 10,000 records) stamps batches
+during the run against a real RFC 3161 TSA (``catalog.tsa``) on a loopback port, which counts the requests it
+gets; after the timed part the rest is stamped, and the run prints the TSA calls against the batches stored.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import gc
 import os
@@ -33,9 +38,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aiohttp import web
+
 from bridge.messagelog import LogPart, LogRecord, utc_now_text, verify_chain
+from bridge.pki.keys import generate_private_key
+from bridge.pki.token import SoftwareToken
 from bridge.spool import Spool
+from catalog.ca import CertificateAuthority
+from catalog.tsa import TimestampAuthority
 from security_server.messagelog.store import SqlLogStore
+from security_server.messagelog.timestamper import Timestamper
 from security_server.messagelog.writer import MessageLog
 
 SERVER = "SERVER:AZ/GOV/1400057421/ss1"
@@ -88,28 +100,76 @@ def build(n: int, stored: bool) -> list[tuple[LogRecord, dict[str, Spool]]]:
     return out
 
 
+class CountingTsa:
+    """The federation's RFC 3161 TSA on a loopback port, counting the requests it answers."""
+
+    def __init__(self, directory: Path) -> None:
+        token = SoftwareToken.init(directory / "tsa-token", "bench-only-pin")  # a throwaway test CA
+        ca = CertificateAuthority.create(token, "AZ", "Körpü benchmark CA", ocsp_url=None)
+        key = generate_private_key()
+        self.cert = ca.issue_tsa_cert(key.public_key())
+        self._authority = TimestampAuthority(self.cert, key, ca.chain)
+        self.calls = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        return await self._authority.handle(request)
+
+    async def __aenter__(self) -> CountingTsa:
+        app = web.Application()
+        app.router.add_post("/tsa", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/tsa"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 async def run(url: str, body_dir: Path, items: list[tuple[LogRecord, dict[str, Spool]]], k: int) -> None:
-    """Append ``items`` with ``k`` producers and print the rate."""
+    """Append ``items`` with ``k`` producers, timestamping as a server does, and print the rate and TSA calls."""
     store = SqlLogStore(url, body_dir)
-    log = MessageLog(store, server_id=SERVER)
-    await log.start()
-    shares = [items[i::k] for i in range(k)]
+    async with CountingTsa(body_dir) as tsa:
+        timestamper = Timestamper(store, lambda: [(tsa.url, tsa.cert)], interval_s=3600)
+        log = MessageLog(store, server_id=SERVER, timestamper=timestamper)
+        await log.start()
+        stamping = asyncio.create_task(timestamper.run())
+        shares = [items[i::k] for i in range(k)]
 
-    async def producer(share: list[tuple[LogRecord, dict[str, Spool]]]) -> None:
-        for record, bodies in share:
-            await log.append(record, bodies)
+        async def producer(share: list[tuple[LogRecord, dict[str, Spool]]]) -> None:
+            for record, bodies in share:
+                await log.append(record, bodies)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(producer(s) for s in shares))
-    elapsed = time.perf_counter() - started
-    await log.stop()
+        started = time.perf_counter()
+        await asyncio.gather(*(producer(s) for s in shares))
+        elapsed = time.perf_counter() - started
+        calls_during = tsa.calls
+        await log.stop()
+        stamping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stamping
+        await timestamper.stamp_once()  # the rest, after the clock stopped
     n = len(items)
     print(
         f"  {n} records in {elapsed:.2f} s = {n / elapsed:,.0f} records/s; "
         f"{log.transactions} store transactions ({n / log.transactions:.0f} records each)"
     )
     head_seq, _ = store.head()
-    # Sanity: everything is there and the chain verifies (not timed).
+    last_batch = store.batch_of(head_seq)
+    batches = last_batch.id if last_batch is not None else 0
+    print(
+        f"  timestamping: {tsa.calls} TSA calls ({calls_during} during the timed run) for {batches} batches "
+        f"covering all {head_seq} records"
+    )
+    # Sanity: everything is there, stamped, and the chain verifies (not timed).
+    assert store.unstamped(1) == [], "records left unstamped"
     sample = store.records(1, min(head_seq, 5000))
     verify_chain(sample)
     assert head_seq == n, (head_seq, n)

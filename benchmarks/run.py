@@ -193,8 +193,11 @@ def log_append(args: Any) -> dict[str, Any]:
     text = out.stdout
     result: dict[str, Any] = {"n": args.append_n, "output": text[-2000:], "stderr": out.stderr[-2000:]}
     for backend, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
-        m = re.search(label + r".*?\n.*?= ([\d,]+) records/s", text, re.S)
+        # The backend's heading starts its line ("SQLite (WAL, …):", "PostgreSQL:"); log lines may name it too.
+        m = re.search(r"^" + label + r"\b[^\n]*:\n.*?= ([\d,]+) records/s", text, re.S | re.M)
         result[backend] = float(m.group(1).replace(",", "")) if m else None
+        t = re.search(r"^" + label + r"\b[^\n]*:\n.*?(\d+) TSA calls .*? for (\d+) batches", text, re.S | re.M)
+        result[f"{backend}_tsa"] = {"calls": int(t.group(1)), "batches": int(t.group(2))} if t else None
     return result
 
 
@@ -311,6 +314,10 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         else:
             out.append((f"log append {backend} (records/s)", _f(rate), "", f"≥ {TARGETS[target]:,}",
                         "PASS" if rate >= TARGETS[target] else "FAIL"))  # fmt: skip
+            tsa = app.get(f"{backend}_tsa")
+            if tsa is not None:
+                out.append((f"log append {backend}: TSA calls / batches", f"{tsa['calls']} / {tsa['batches']}", "",
+                            "one call per batch", "PASS" if tsa["calls"] == tsa["batches"] else "FAIL"))  # fmt: skip
     body = res.get("bodies", {})
     if "upload" in body:
         for code in ("ss-a", "ss-b"):
