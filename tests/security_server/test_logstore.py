@@ -392,6 +392,21 @@ def stamped_log(store: SqlLogStore) -> tuple[list[LogRecord], str, str]:
     return records, own.sha512, shared.sha512
 
 
+def test_a_batch_is_a_range_and_stamping_rewrites_no_record(store: SqlLogStore) -> None:
+    """add_batch leaves the records' rows alone; batch_of finds a record's batch by range, in old logs too."""
+    records = seal_all([make_record(i) for i in range(1, 7)])
+    store.append(records, {})
+    before = store._query("SELECT seq, batch_id, record, hash FROM log_records ORDER BY seq")
+    root = bytes(range(32))
+    first = store.add_batch(1, 3, root, b"token-1", "http://tsa.example/tsa", "2024-05-01T10:01:00.000000Z")
+    assert store._query("SELECT seq, batch_id, record, hash FROM log_records ORDER BY seq") == before
+    # A log written before batches were ranges has batch_id set on its records: the answer is the same.
+    with store._writing() as conn:
+        conn.execute(store._sql("UPDATE log_records SET batch_id = ? WHERE seq <= 3"), (first.id,))
+    second = store.add_batch(4, 6, root, b"token-2", "http://tsa.example/tsa", "2024-05-01T10:02:00.000000Z")
+    assert [store.batch_of(s) for s in range(1, 7)] == [first] * 3 + [second] * 3
+
+
 def test_delete_through_refuses_anything_but_the_end_of_a_batch(store: SqlLogStore) -> None:
     """Inside a batch, past the stamped range or before any record: InvalidState naming the rule, nothing deleted."""
     _, own, _ = stamped_log(store)
