@@ -193,10 +193,13 @@ def log_append(args: Any) -> dict[str, Any]:
     text = out.stdout
     result: dict[str, Any] = {"n": args.append_n, "output": text[-2000:], "stderr": out.stderr[-2000:]}
     for backend, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
-        # The backend's heading starts its line ("SQLite (WAL, …):", "PostgreSQL:"); log lines may name it too.
-        m = re.search(r"^" + label + r"\b[^\n]*:\n.*?= ([\d,]+) records/s", text, re.S | re.M)
+        # The backend's section starts with its heading line ("SQLite (WAL, …):", "PostgreSQL:"); log lines may name
+        # it too, so only a heading counts.
+        head = re.search(r"^" + label + r"\b[^\n]*:$", text, re.M)
+        section = text[head.end() :] if head else ""
+        m = re.search(r"= ([\d,]+) records/s", section)
         result[backend] = float(m.group(1).replace(",", "")) if m else None
-        t = re.search(r"^" + label + r"\b[^\n]*:\n.*?(\d+) TSA calls .*? for (\d+) batches", text, re.S | re.M)
+        t = re.search(r"(\d+) TSA calls .*? for (\d+) batches", section)
         result[f"{backend}_tsa"] = {"calls": int(t.group(1)), "batches": int(t.group(2))} if t else None
     return result
 

@@ -27,10 +27,11 @@ Sealing fast path
     (:func:`prepare_record`, ~60 µs for a record of 8 KB), and the writer thread only fills them in and hashes
     (:func:`finish_row`, a few µs).  This keeps the writer — the serial part — short, and keeps its Python work,
     which holds the GIL, from stalling the event loop: profiles under load showed the loop waiting hundreds of µs
-    for the GIL around each C call while the writer thread encoded records.  Because the hash is evidence, the
-    first record and one in :data:`REFERENCE_CHECK_EVERY` after it are also sealed the reference way and compared
-    (:func:`check_prepared`): if the two ever differ (a field added to ``LogRecord`` that the fast path does not
-    convert like ``asdict``), that append fails closed instead of storing a record auditors could not verify.
+    for the GIL around each C call while the writer thread encoded records.  Because the hash is evidence, records
+    are also sealed the reference way and compared (:func:`check_prepared`): every record while nothing else is
+    queued, one in :data:`REFERENCE_CHECK_EVERY` behind a queue.  If the two ever differ (a field added to
+    ``LogRecord`` that the fast path does not convert like ``asdict``), the log seals every record from then on the
+    reference way, instead of storing records auditors could not verify.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ class PreparedRecord:
     persons: tuple[str, ...]
 
 
-def prepare_record(record: LogRecord) -> PreparedRecord:
+def prepare_record(record: LogRecord, *, at: str | None = None) -> PreparedRecord:
     """Encode an unsealed record once, in the caller's context (the costly part of sealing: ~60 µs for 8 KB).
+
+    ``at``, when given, is ``normalise_time(record.at)`` already computed by the caller.
 
     Raises ``LoggingFailed`` for a record that cannot be encoded (a value JSON or UTF-8 cannot carry, such as a
     lone surrogate from undecodable header bytes): found here, it fails only its own exchange, where in the writer
@@ -137,7 +140,8 @@ def prepare_record(record: LogRecord) -> PreparedRecord:
         body["hash"] = _PLACEHOLDER
         text = _ENCODER.encode(body)
         text.encode()  # finish_row hashes the UTF-8 form: a value without one must not reach the writer
-        at = normalise_time(record.at)
+        if at is None:
+            at = normalise_time(record.at)
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise LoggingFailed("the message log could not encode the record") from exc
     # "hash" sorts neither first ("at") nor last ("user_id"): its member is always followed by a comma.
@@ -347,7 +351,8 @@ class MessageLog:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             raise LoggingFailed("the message log was started on another event loop")
-        prepared = prepare_record(self._validated(record))
+        record, at = self._validated(record)
+        prepared = prepare_record(record, at=at)
         # The reference check: always while the log is quiet (it costs ~150 µs), one record in
         # REFERENCE_CHECK_EVERY under load, and on every record once the fast path has disagreed.
         if self._reference_only or self._prepared % REFERENCE_CHECK_EVERY == 0 or self._queue.empty():
@@ -376,7 +381,8 @@ class MessageLog:
                 future.exception()  # retrieved: the caller is gone, its outcome is in the diagnostic log
             raise
 
-    def _validated(self, record: LogRecord) -> LogRecord:
+    def _validated(self, record: LogRecord) -> tuple[LogRecord, str]:
+        """``record`` with its server filled in, and its normalised time; ``LoggingFailed`` if it cannot be logged."""
         # Checked in the caller's context, so one malformed record fails its own exchange, not a whole group.
         if record.seq or record.hash or record.prev_hash:
             raise LoggingFailed("the record is already sealed")
@@ -385,10 +391,10 @@ class MessageLog:
         elif record.server != self._server_id:
             raise LoggingFailed("the record names another security server")
         try:
-            normalise_time(record.at)
+            at = normalise_time(record.at)
         except ValueError as exc:
             raise LoggingFailed("the record's time is not ISO 8601") from exc
-        return record
+        return record, at
 
     # Writer thread ----------------------------------------------------------------------------------------------
 
@@ -430,7 +436,8 @@ class MessageLog:
                         self._post(self._fail, live, "the message log failed")
             group = []
         finally:
-            if group or not self._stopped_cleanly(inbox):
+            # After _STOP nothing more is queued (append refuses once _running is False): anything else is a crash.
+            if group or self._running or not inbox.empty():
                 # Only an unexpected error ends the thread with a group in hand: nobody may wait forever.
                 self._broken = True
                 log.critical("message log writer ended unexpectedly")
@@ -444,10 +451,6 @@ class MessageLog:
                         rest.append(item)
                 if rest:
                     self._post(self._fail, rest, "the message log writer has stopped")
-
-    def _stopped_cleanly(self, inbox: queue.SimpleQueue[_Pending | object]) -> bool:
-        # After _STOP nothing more is queued (append refuses once _running is False).
-        return not self._running and inbox.empty()
 
     def _commit(self, group: list[_Pending]) -> None:
         with self._take_lock:

@@ -95,9 +95,9 @@ async def test_the_writer_commits_group_after_group_while_the_event_loop_is_busy
     async with MessageLog(counting, server_id=SERVER, max_group=1) as log:
         tasks = [asyncio.create_task(log.append(make_record(i), {})) for i in range(3)]
         await asyncio.sleep(0)  # each task queues its record (a yield, not a wait for time)
-        deadline = threading.Event()
+        pause = threading.Event()  # never set: wait(0.01) just blocks the loop's thread for a moment
         for _ in range(1000):  # the loop stays blocked here; ends as soon as all three are stored (≤ 10 s)
-            if len(counting.appends) == 3 or deadline.wait(0.01):
+            if len(counting.appends) == 3 or pause.wait(0.01):
                 break
         assert counting.appends == [1, 1, 1]
         assert [t.done() for t in tasks] == [False] * 3  # callers learn it once the loop runs again
