@@ -43,12 +43,34 @@ __all__ = ["AgencySpec", "Federation", "ServiceSpec", "free_port", "start_federa
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for URLs that must be known before the server starts)."""
+    """A TCP port on 127.0.0.1 that is free right now (for URLs that must be known before the server starts).
+
+    Chosen below the kernel's ephemeral range where there is one: a port from ``bind(0)`` comes from that range,
+    which outgoing connections also draw from, so between this call and the server's own bind another
+    connection could take it (seen in CI as "address already in use").
+    """
+    import random
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    low = _ephemeral_low()
+    candidates = random.sample(range(20_000, low), min(64, low - 20_000)) if low > 20_000 else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    """The first port of Linux's ephemeral range (32768 elsewhere, the common default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass(frozen=True)
