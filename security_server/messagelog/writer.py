@@ -21,17 +21,16 @@ Failure
     :meth:`MessageLog.check` refuses traffic until a retry succeeds.
 
 Sealing fast path
-    Sealing is :meth:`LogRecord.sealed` plus ``canonical(record.to_json())`` for the stored JSON; both walk the record
-    with ``dataclasses.asdict`` (a deep copy), about 140 µs per record together.  Instead the caller, in
-    :meth:`MessageLog.append`, encodes its record once with placeholders for ``seq``, ``prev_hash`` and ``hash``
-    (:func:`prepare_record`, ~60 µs for a record of 8 KB), and the writer thread only fills them in and hashes
-    (:func:`finish_row`, a few µs).  This keeps the writer — the serial part — short, and keeps its Python work,
+    Sealing is :meth:`LogRecord.sealed` plus ``canonical(record.to_json())`` for the stored JSON: two encodings of
+    the record.  Instead the caller, in :meth:`MessageLog.append`, encodes its record once with placeholders for
+    ``seq``, ``prev_hash`` and ``hash`` (:func:`prepare_record`), and the writer thread only fills them in and
+    hashes (:func:`finish_row`).  This keeps the writer — the serial part — short, and keeps its Python work,
     which holds the GIL, from stalling the event loop: profiles under load showed the loop waiting hundreds of µs
-    for the GIL around each C call while the writer thread encoded records.  Because the hash is evidence, records
-    are also sealed the reference way and compared (:func:`check_prepared`): every record while nothing else is
-    queued, one in :data:`REFERENCE_CHECK_EVERY` behind a queue.  If the two ever differ (a field added to
-    ``LogRecord`` that the fast path does not convert like ``asdict``), the log seals every record from then on the
-    reference way, instead of storing records auditors could not verify.
+    for the GIL around each C call while the writer thread encoded records.  Both paths encode
+    :meth:`LogRecord.body`; what only the fast path does is the substitution.  Because the hash is evidence, one
+    record in :data:`REFERENCE_CHECK_EVERY` (and the first) is also sealed the reference way and compared
+    (:func:`check_prepared`); if the two ever differ, the log seals every record from then on the reference way,
+    instead of storing records auditors could not verify.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 import structlog
 
 from bridge.errors import LoggingFailed
-from bridge.messagelog import LogPart, LogRecord
+from bridge.messagelog import LogRecord
 from bridge.spool import Spool
 from security_server.messagelog import LogStore
 from security_server.messagelog.store import SealedRow, normalise_time, sealed_row
@@ -78,8 +77,6 @@ DEFAULT_MAX_GROUP = 1000
 #: Seconds between attempts to re-read the head after the store failed to give it.
 HEAD_RETRY_S = 1.0
 
-_RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(LogRecord) if f.name != "hash")
-_PART_FIELDS: Final = tuple(f.name for f in dataclasses.fields(LogPart))
 # The same settings as bridge.messagelog.canonical, built once instead of per call.
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
 _PLACEHOLDER: Final = "korpu-seal-" + secrets.token_hex(16)
@@ -99,15 +96,6 @@ class RowStore(Protocol):
         ...
 
 
-def _json_value(value: Any) -> Any:
-    # What dataclasses.asdict + LogRecord.body() make of a field, without the deep copy.
-    if isinstance(value, tuple):
-        return [{n: getattr(v, n) for n in _PART_FIELDS} if isinstance(v, LogPart) else v for v in value]
-    if isinstance(value, Mapping):
-        return dict(value)
-    return value
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class PreparedRecord:
     """A record encoded up to its place in the chain: what :func:`finish_row` turns into a sealed row.
@@ -125,7 +113,7 @@ class PreparedRecord:
 
 
 def prepare_record(record: LogRecord, *, at: str | None = None) -> PreparedRecord:
-    """Encode an unsealed record once, in the caller's context (the costly part of sealing: ~60 µs for 8 KB).
+    """Encode an unsealed record once, in the caller's context (the costly part of sealing).
 
     ``at``, when given, is ``normalise_time(record.at)`` already computed by the caller.
 
@@ -134,7 +122,7 @@ def prepare_record(record: LogRecord, *, at: str | None = None) -> PreparedRecor
     thread it would fail every record of its group.
     """
     try:
-        body = {name: _json_value(getattr(record, name)) for name in _RECORD_FIELDS}
+        body = record.body()
         body["seq"] = _SEQ_PLACEHOLDER
         body["prev_hash"] = _PREV_PLACEHOLDER
         body["hash"] = _PLACEHOLDER
@@ -169,7 +157,7 @@ def finish_row(prepared: PreparedRecord, seq: int, prev_hash: bytes) -> SealedRo
     hash_bytes = digest.digest()
     hash_hex = hash_bytes.hex()
     return SealedRow(
-        record=dataclasses.replace(prepared.record, seq=seq, prev_hash=prev_hex, hash=hash_hex),
+        record=prepared.record.with_seal(seq, prev_hex, hash_hex),
         json=text.replace(_HASH_MEMBER, f'"hash":"{hash_hex}",', 1),
         hash=hash_bytes,
         at=prepared.at,
@@ -353,9 +341,9 @@ class MessageLog:
             raise LoggingFailed("the message log was started on another event loop")
         record, at = self._validated(record)
         prepared = prepare_record(record, at=at)
-        # The reference check: always while the log is quiet (it costs ~150 µs), one record in
-        # REFERENCE_CHECK_EVERY under load, and on every record once the fast path has disagreed.
-        if self._reference_only or self._prepared % REFERENCE_CHECK_EVERY == 0 or self._queue.empty():
+        # The reference check (~180 µs): one record in REFERENCE_CHECK_EVERY, and every record once the fast path
+        # has disagreed.
+        if self._reference_only or self._prepared % REFERENCE_CHECK_EVERY == 0:
             try:
                 check_prepared(prepared)
             except FastSealingDiffers:

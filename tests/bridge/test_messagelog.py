@@ -15,6 +15,7 @@ from bridge.messagelog import (
     LogRecord,
     LogVerificationFailed,
     MerkleProof,
+    canonical,
     merkle_proof,
     merkle_root,
     verify_chain,
@@ -92,3 +93,73 @@ def test_root_of_one_record_is_its_leaf_hash() -> None:
     h = hashlib.sha256(b"x").digest()
     assert merkle_root([h]) == hashlib.sha256(b"\x00" + h).digest()
     assert merkle_proof([h], 0).path == ()
+
+
+def _asdict_body(rec: LogRecord) -> dict[str, object]:
+    """What LogRecord.body() was defined as before it stopped deep-copying: the oracle for its JSON."""
+    data = dataclasses.asdict(rec)
+    data.pop("hash")
+    data["parts"] = [dataclasses.asdict(p) for p in rec.parts]
+    data["ocsp"] = list(rec.ocsp)
+    data["persons"] = list(rec.persons)
+    data["decision"] = dict(rec.decision) if rec.decision is not None else None
+    data["timings_ms"] = dict(rec.timings_ms)
+    return data
+
+
+_text = st.text(max_size=12)
+_json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _text
+_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3))
+_parts = st.builds(LogPart, _text, _text, st.integers(0, 2**40), _text, st.booleans())
+
+
+@given(
+    strings=st.lists(_text, min_size=9, max_size=9),
+    optional=st.lists(st.none() | _text, min_size=5, max_size=5),
+    parts=st.lists(_parts, max_size=3),
+    ocsp=st.lists(_text, max_size=2),
+    persons=st.lists(_text, max_size=3),
+    decision=st.none() | st.dictionaries(_text, _json, max_size=4),
+    timings=st.dictionaries(_text, st.floats(allow_nan=False, allow_infinity=False), max_size=3),
+    seq=st.integers(0, 2**40),
+)
+def test_body_is_the_json_asdict_gave(
+    strings: list[str],
+    optional: list[str | None],
+    parts: list[LogPart],
+    ocsp: list[str],
+    persons: list[str],
+    decision: dict[str, object] | None,
+    timings: dict[str, float],
+    seq: int,
+) -> None:
+    """body() walks the record shallowly; its canonical JSON (what hashes cover) is what the asdict form gave."""
+    rec = LogRecord(
+        *strings,
+        user_id=optional[0],
+        issue=optional[1],
+        represented_party=optional[2],
+        peer=optional[3],
+        request_hash=optional[4],
+        parts=tuple(parts),
+        signature=optional[0],
+        ocsp=tuple(ocsp),
+        persons=tuple(persons),
+        decision=decision,
+        timings_ms=timings,
+        seq=seq,
+        prev_hash="ab" * 32,
+        hash="cd" * 32,
+    )
+    assert rec.body() == _asdict_body(rec)
+    assert canonical(rec.body()) == canonical(_asdict_body(rec))
+    assert rec.with_seal(seq + 1, "ef" * 32, "01" * 32) == dataclasses.replace(
+        rec, seq=seq + 1, prev_hash="ef" * 32, hash="01" * 32
+    )
+
+
+def test_body_refuses_a_part_that_is_not_a_log_part() -> None:
+    """A part given as a plain dict is refused, as dataclasses.asdict refused it, not encoded as whatever it is."""
+    rec = dataclasses.replace(record(1), parts=({"name": "message"},))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="LogPart"):
+        rec.body()

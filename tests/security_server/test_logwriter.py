@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -15,7 +16,7 @@ from bridge.errors import LoggingFailed, TimestampingFailed
 from bridge.messagelog import Direction, LogPart, LogRecord, Side, canonical, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import Batch, LogQuery
-from security_server.messagelog.store import SqlLogStore
+from security_server.messagelog.store import SealedRow, SqlLogStore
 from security_server.messagelog.timestamper import Timestamper
 from security_server.messagelog.writer import REFERENCE_CHECK_EVERY, MessageLog, finish_row, prepare_record, seal_row
 from tests.security_server.test_logstore import SERVER, make_record, part_with_body
@@ -155,8 +156,14 @@ async def test_a_fast_sealing_that_differs_from_the_reference_switches_to_the_re
 ) -> None:
     """If the fast encoding ever differs from LogRecord.sealed, records are sealed the reference way from then on."""
     async with MessageLog(sql_store, server_id=SERVER) as log:
-        # A fast path that forgets how to encode tuples (as one would for a new field type it does not know).
-        monkeypatch.setattr(writer, "_json_value", lambda value: [] if isinstance(value, tuple) else value)
+        # A fast path whose stored JSON is not what the hash covers (as a substitution gone wrong would give).
+        real = writer.finish_row
+
+        def broken(prepared: writer.PreparedRecord, seq: int, prev_hash: bytes) -> SealedRow:
+            row = real(prepared, seq, prev_hash)
+            return dataclasses.replace(row, json=row.json.replace('"AZ1"', '"AZ2"'))
+
+        monkeypatch.setattr(writer, "finish_row", broken)
         sealed = [await log.append(make_record(i, persons=("AZ1",)), {}) for i in range(3)]
     stored = sql_store.records(1, 3)
     assert stored == sealed
@@ -279,10 +286,10 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
     verify_chain(sql_store.records(1, 2))
 
 
-async def test_the_reference_check_runs_while_quiet_and_on_one_in_sixteen_under_load(
+async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
     sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """check_prepared sees every record while nothing is queued, and one in REFERENCE_CHECK_EVERY behind a queue."""
+    """check_prepared sees record 0 and then every REFERENCE_CHECK_EVERY-th, queued or not."""
     checked: list[str] = []
     real = writer.check_prepared
 
@@ -299,10 +306,11 @@ async def test_the_reference_check_runs_while_quiet_and_on_one_in_sixteen_under_
         await asyncio.sleep(0)  # every task prepares and queues its record (a yield, not a wait for time)
         store.release.set()
         await asyncio.gather(first, *queued)
-    # 0 and 1 found the queue empty; behind them only every REFERENCE_CHECK_EVERY-th record is checked.
-    expected = [0, 1, REFERENCE_CHECK_EVERY, 2 * REFERENCE_CHECK_EVERY]
+        for i in range(2 * REFERENCE_CHECK_EVERY + 1, 3 * REFERENCE_CHECK_EVERY + 1):  # one at a time: nothing queued
+            await log.append(make_record(i), {})
+    expected = [0, REFERENCE_CHECK_EVERY, 2 * REFERENCE_CHECK_EVERY, 3 * REFERENCE_CHECK_EVERY]
     assert checked == [make_record(i).message_id for i in expected]
-    verify_chain(sql_store.records(1, 2 * REFERENCE_CHECK_EVERY + 1))
+    verify_chain(sql_store.records(1, 3 * REFERENCE_CHECK_EVERY + 1))
 
 
 async def test_the_timestamper_hears_of_appends_on_the_event_loop_thread(
