@@ -196,6 +196,21 @@ def test_unsupported_hash_is_bad_alg(tsa: TimestampAuthority) -> None:
         parse_timestamp_response(reply)
 
 
+def test_a_granted_reply_without_a_token_is_refused() -> None:
+    """A reply saying "granted" but carrying no token is a PkiError, not an empty token."""
+    reply = TimeStampRespAsn1({"status": {"status": "granted"}}).dump()
+    with pytest.raises(PkiError, match="carries no token"):
+        parse_timestamp_response(reply)
+
+
+def test_the_token_returned_is_the_bytes_received(tsa: TimestampAuthority) -> None:
+    """The token comes back exactly as the TSA encoded it (it is evidence; nothing re-encodes it)."""
+    reply = tsa.respond(make_timestamp_request(hashlib.sha256(DATA).digest()))
+    token = parse_timestamp_response(reply)
+    assert len(token) > 500
+    assert reply.endswith(token)  # timeStampToken is the last field of TimeStampResp
+
+
 def test_malformed_is_bad_data_format(tsa: TimestampAuthority) -> None:
     """Garbage, a truncated request, a wrong-length digest and an oversized body get badDataFormat."""
     good = make_timestamp_request(hashlib.sha256(DATA).digest())
