@@ -68,12 +68,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bridge.errors import KorpuError, LogVerificationFailed
+from bridge.errors import KorpuError, LogVerificationFailed, PkiError
 from bridge.identifiers import MemberId, ServiceId, SubsystemId, parse_encoded
 from bridge.messagelog import LogPart, LogRecord, MerkleProof, chain_hash, verify_proof
 from bridge.pki.ocsp import RevocationStatus, verify_ocsp_response
 from bridge.pki.profile import CertPurpose, check_tsa_cert, member_from_sign_cert, verify_chain
-from bridge.pki.tsp import verify_timestamp_token
+from bridge.pki.tsp import check_token_envelope, verify_timestamp_token
 from bridge.signature import verify_signature_details
 from bridge.transport import INDEX_PART, PartInfo, index_bytes
 from bridge.xmlsafe import parse_xml
@@ -1175,24 +1175,10 @@ def check_timestamp(
 
 def _check_token_envelope(token: bytes, known: set[bytes]) -> None:
     """The unsigned parts of the token hold nothing unexpected: the fields verify_timestamp_token does not cover."""
-    from asn1crypto import cms  # untyped; kept local like in bridge.pki.tsp
-
-    content_info = cms.ContentInfo.load(token, strict=True)
-    if content_info.dump(force=True) != token:
-        raise LogVerificationFailed("the timestamp token is not DER")
-    signed = content_info["content"]
-    signer = signed["signer_infos"][0]
-    if signed["version"].native != "v3" or signer["version"].native not in ("v1", "v3"):
-        raise LogVerificationFailed("the timestamp token has unexpected CMS versions")
-    digest_algs = [a["algorithm"].native for a in signed["digest_algorithms"]]
-    if digest_algs != [signer["digest_algorithm"]["algorithm"].native]:
-        raise LogVerificationFailed("the timestamp token's digestAlgorithms differ from its signer's")
-    if signed["crls"].native or signer["unsigned_attrs"].native:
-        raise LogVerificationFailed("the timestamp token carries CRLs or unsigned attributes")
-    certificates = signed["certificates"]
-    for choice in certificates if certificates.native else []:
-        if choice.chosen.dump() not in known:
-            raise LogVerificationFailed("the timestamp token carries a certificate that is not in certs/")
+    try:
+        check_token_envelope(token, known)
+    except PkiError as exc:
+        raise LogVerificationFailed(exc.message) from None
 
 
 def _verify_binding(request: _Loaded, response: _Loaded) -> None:

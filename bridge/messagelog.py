@@ -126,6 +126,8 @@ class LogRecord:
         # types (the class docstring), so copying the containers that are ours to convert is enough; the JSON
         # form is unchanged — tests/bridge/test_messagelog.py checks it against asdict.
         data = dict(self.__dict__)
+        if len(data) != _RECORD_FIELD_COUNT:  # only fields are hashed, never an attribute set on the side
+            raise TypeError("a LogRecord holds attributes that are not its fields")
         del data["hash"]
         data["parts"] = [_part_json(p) for p in self.parts]
         data["ocsp"] = list(self.ocsp)
@@ -174,12 +176,13 @@ class LogRecord:
         return clone
 
 
+_RECORD_FIELD_COUNT = len(fields(LogRecord))
 _PART_FIELDS = tuple(f.name for f in fields(LogPart))
 _part_values = operator.attrgetter(*_PART_FIELDS)
 
 
 def _part_json(part: LogPart) -> dict[str, Any]:
-    if type(part) is not LogPart:  # as dataclasses.asdict would refuse it
+    if type(part) is not LogPart:  # a dict or a subclass with more fields would hash differently: refused
         raise TypeError(f"a record part must be a LogPart, not {type(part).__name__}")
     return dict(zip(_PART_FIELDS, _part_values(part), strict=True))
 

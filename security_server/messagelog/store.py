@@ -712,9 +712,11 @@ class SqlLogStore:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
             # A page cache, once filled, stays in the process's memory.  The writer's 16 MiB hold the interior
-            # pages of every index even of a 10 M-record log (~4 MB each); the pages of records it wrote, which
-            # filled a 64 MiB cache within a minute under load, it never reads again (appending 50,000 records:
-            # 2,802/s with 64 MiB, 2,876/s with 16).  Readers are pooled, one per concurrent reader: 8 MiB each.
+            # pages of the indexes it inserts into at random places (message and request ids, persons) for logs of
+            # a few million records; beyond that some come from the OS page cache, a read each.  The pages of
+            # records it wrote, which filled a 64 MiB cache within a minute under load, it never reads again
+            # (appending 50,000 records: 2,802/s with 64 MiB, 2,876/s with 16).  Readers are pooled, one per
+            # concurrent reader: 8 MiB each.
             conn.execute("PRAGMA cache_size=-16384" if write else "PRAGMA cache_size=-8192")
             if write:
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in _Checkpointer, off the commit path

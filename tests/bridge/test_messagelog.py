@@ -163,3 +163,11 @@ def test_body_refuses_a_part_that_is_not_a_log_part() -> None:
     rec = dataclasses.replace(record(1), parts=({"name": "message"},))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="LogPart"):
         rec.body()
+
+
+def test_body_refuses_an_attribute_that_is_not_a_field() -> None:
+    """Only fields are hashed: an attribute set on a record behind the dataclass's back is an error, not evidence."""
+    rec = record(1)
+    object.__setattr__(rec, "note", "set on the side")
+    with pytest.raises(TypeError, match="not its fields"):
+        rec.body()

@@ -12,12 +12,15 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from asn1crypto import tsp as a_tsp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import CertificateInvalid, PkiError
 from bridge.pki import profile
 from bridge.pki.keys import KeyAlgorithm, generate_private_key
 from bridge.pki.tsp import (
     TimeStampRespAsn1,
+    check_token_envelope,
     make_timestamp_request,
     parse_timestamp_response,
     timestamp_request_nonce,
@@ -284,3 +287,67 @@ async def test_chunked_post_is_read_whole(pki: Pki, tsa: TimestampAuthority) -> 
     )
     assert abs(gen_time - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
     assert status_of(oversized) == ("rejection", {"bad_data_format"})
+
+
+# What the signature does not cover (check_token_envelope) --------------------------------------------------------
+
+
+def _der(*certs: x509.Certificate) -> set[bytes]:
+    return {c.public_bytes(serialization.Encoding.DER) for c in certs}
+
+
+def _non_der(token: bytes) -> bytes:
+    """The token with its outer length in a longer form than DER allows (BER accepts it; the signature holds)."""
+    assert token[:2] == b"\x30\x82"
+    return b"\x30\x83\x00" + token[2:]
+
+
+def _with_unsigned_attribute(token: bytes) -> bytes:
+    from asn1crypto import cms
+
+    content_info = cms.ContentInfo.load(token)
+    signer = content_info["content"]["signer_infos"][0]
+    signer["unsigned_attrs"] = cms.CMSAttributes(
+        [
+            cms.CMSAttribute(
+                {"type": "signing_time", "values": [cms.Time(name="utc_time", value=dt.datetime.now(dt.UTC))]}
+            )
+        ]
+    )
+    return bytes(content_info.dump(force=True))
+
+
+def _corrupt_first_certificate(token: bytes, pki: Pki) -> bytes:
+    """One tag byte inside the embedded TSA certificate changed: outside what the TSA signed."""
+    cert = pki.tsa_cert.public_bytes(serialization.Encoding.DER)
+    at = token.index(cert)
+    inner = at + 4 + 4  # inside the certificate's TBSCertificate (30 82 LL LL 30 82 LL LL ...)
+    return token[:inner] + bytes([token[inner] ^ 0x20]) + token[inner + 1 :]
+
+
+def test_a_genuine_token_has_a_sound_envelope(pki: Pki, tsa: TimestampAuthority) -> None:
+    """The TSA's own tokens pass, with or without certificates; certificates must be among the known ones."""
+    digest = hashlib.sha256(DATA).digest()
+    with_certs = parse_timestamp_response(tsa.respond(make_timestamp_request(digest)))
+    check_token_envelope(with_certs, _der(pki.tsa_cert, *pki.ca.chain))
+    without = parse_timestamp_response(tsa.respond(make_timestamp_request(digest, cert_req=False)))
+    check_token_envelope(without, set())
+    with pytest.raises(PkiError, match="certificate that is not among the known ones"):
+        check_token_envelope(with_certs, _der(pki.tsa_cert))  # the CA certificates ride along unknown
+
+
+def test_changes_outside_the_signature_are_refused(pki: Pki, tsa: TimestampAuthority) -> None:
+    """Each change verify_timestamp_token cannot see (the signature still holds) is refused by the envelope check."""
+    digest = hashlib.sha256(DATA).digest()
+    with_certs = parse_timestamp_response(tsa.respond(make_timestamp_request(digest)))
+    without = parse_timestamp_response(tsa.respond(make_timestamp_request(digest, cert_req=False)))
+    known = _der(pki.tsa_cert, *pki.ca.chain)
+    cases = [
+        (_non_der(without), "not DER"),
+        (_with_unsigned_attribute(without), "CRLs or unsigned attributes"),
+        (_corrupt_first_certificate(with_certs, pki), "does not parse"),
+    ]
+    for token, reason in cases:
+        verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert)  # the signature still holds
+        with pytest.raises(PkiError, match=reason):
+            check_token_envelope(token, known)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bridge.errors import TimestampingFailed
 from bridge.messagelog import merkle_proof, verify_proof
-from bridge.pki.tsp import verify_timestamp_token
+from bridge.pki.tsp import TimeStampRespAsn1, verify_timestamp_token
 from catalog.tsa import TimestampAuthority
 from security_server.messagelog import Batch
 from security_server.messagelog.store import SqlLogStore
@@ -42,6 +43,8 @@ class TsaServer:
     url: str
     cert: x509.Certificate
     down: bool = False
+    #: Rewrites each reply on its way (someone between the TSA and the security server).
+    tamper: Callable[[bytes], bytes] | None = None
 
 
 @pytest.fixture
@@ -52,7 +55,11 @@ async def tsa(pki: Pki) -> AsyncIterator[TsaServer]:
     async def handle(request: web.Request) -> web.StreamResponse:
         if state.down:
             return web.Response(status=503, text="maintenance")
-        return await authority.handle(request)
+        response = await authority.handle(request)
+        if state.tamper is not None:
+            assert isinstance(response.body, bytes)
+            response.body = state.tamper(response.body)
+        return response
 
     app = web.Application()
     app.router.add_post("/tsa", handle)
@@ -243,3 +250,65 @@ async def test_openssl_verifies_a_batch_token(store: SqlLogStore, tsa: TsaServer
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode != 0
+
+
+def _reply_with_token(reply: bytes, token: bytes) -> bytes:
+    """``reply`` (a TimeStampResp) carrying ``token`` instead of its own."""
+    from asn1crypto import parser
+
+    status = TimeStampRespAsn1.load(reply)["status"].dump()
+    return bytes(parser.emit(0, 1, 16, status + token))
+
+
+def _token_of(reply: bytes) -> bytes:
+    return bytes(TimeStampRespAsn1.load(reply)["time_stamp_token"].dump())
+
+
+def _add_certificate(cert: x509.Certificate) -> Callable[[bytes], bytes]:
+    def tamper(reply: bytes) -> bytes:
+        from asn1crypto import cms
+        from asn1crypto import x509 as a_x509
+
+        content_info = cms.ContentInfo.load(_token_of(reply))
+        extra = a_x509.Certificate.load(cert.public_bytes(Encoding.DER))
+        content_info["content"]["certificates"] = cms.CertificateSet(
+            [cms.CertificateChoices(name="certificate", value=extra)]
+        )
+        return _reply_with_token(reply, bytes(content_info.dump(force=True)))
+
+    return tamper
+
+
+def _longer_length(reply: bytes) -> bytes:
+    token = _token_of(reply)
+    assert token[:2] == b"\x30\x82"
+    return _reply_with_token(reply, b"\x30\x83\x00" + token[2:])
+
+
+async def test_a_token_changed_on_the_way_is_not_stored(store: SqlLogStore, tsa: TsaServer, pki: Pki) -> None:
+    """Changes outside what the TSA signs (an added certificate, a non-DER length) are refused before storing.
+
+    The signature still verifies over such a token, but an auditor would refuse it (check_token_envelope): stored,
+    it would leave its batch without usable evidence.  The records stay unstamped and the error shows in status;
+    once replies arrive intact, the same records are stamped.  The timestamper asks for no certificates.
+    """
+    timestamper = Timestamper(store, lambda: [(tsa.url, tsa.cert)])
+    async with MessageLog(store, server_id=SERVER, timestamper=timestamper) as log:
+        await append_many(log, 1, 3)
+        for tamper, reason in (
+            (_add_certificate(pki.ocsp_cert), "not among the known ones"),
+            (_longer_length, "not DER"),
+        ):
+            tsa.tamper = tamper
+            assert await timestamper.stamp_once() == []
+            status = timestamper.status()
+            assert status.last_error is not None and reason in status.last_error
+            assert (status.stamped_through, status.unstamped) == (0, 3)
+        tsa.tamper = None
+        (batch,) = await timestamper.stamp_once()
+    assert (batch.first_seq, batch.last_seq) == (1, 3)
+    assert timestamper.status().last_error is None
+    # Asked without certificates (the TSA honours certReq): the token carries none.
+    from asn1crypto import cms, core
+
+    assert isinstance(cms.ContentInfo.load(batch.token)["content"]["certificates"], core.Void)
