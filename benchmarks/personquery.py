@@ -24,7 +24,7 @@ database file is evicted from the OS page cache first (``posix_fadvise(DONTNEED)
 PostgreSQL the store is new but the server's own caches are not flushed — then *warm* queries (the same persons
 again).  Reports p50/p99/max in milliseconds.  Target: p99 < 100 ms.
 
-Generated databases are cached: SQLite under ``bench-results/personquery/`` (ignored by git; about 14 GB for
+Generated databases are cached: SQLite under ``bench-results/personquery/`` (ignored by git; about 24 GB for
 10 M records — see the printed size), PostgreSQL as database ``korpu_personquery_<records>_v<version>`` on the
 server ``--pg`` points at (kept; ``--drop-pg`` removes it afterwards).  A cache entry counts only once the load has
 completed (a sidecar ``.json`` for SQLite, a database comment for PostgreSQL).

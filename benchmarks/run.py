@@ -6,7 +6,7 @@ Every server runs in its own process (see :mod:`benchmarks.harness`); the load g
 1. message-log append rate (``benchmarks/logappend.py``; SQLite, and PostgreSQL with ``--pg``/``$KORPU_BENCH_PG``);
 2. 100 MB REST bodies through both security servers (``benchmarks/bodies.py``, its own federation);
 3. person query over 10 M log records (``benchmarks/personquery.py``) — only with ``--personquery`` or when its
-   generated database is already cached (it takes ~14 GB and long to generate), else a "not run" row;
+   generated database is already cached (it takes ~24 GB and ~17 minutes to generate on 2 vCPUs), else a "not run" row;
 4. the bed: state built in-process, then central server, ss-a, ss-b, the information system and the baseline's
    two proxies each as a process;
 5. closed loop, REST and SOAP, Körpü and baseline (``--concurrency`` for ``--warmup`` + ``--duration`` s);
@@ -230,7 +230,7 @@ def personquery(args: Any) -> dict[str, Any]:
     records = args.person_records
     cached = (mod.CACHE_DIR / f"log-{records}-v{mod.VERSION}.json").exists()
     if not (args.personquery or cached):
-        return {"not_run": f"{records:,}-record log not generated (~14 GB, long); use --personquery or bench-long"}
+        return {"not_run": f"{records:,}-record log not generated (~24 GB, ~17 min); use --personquery or bench-long"}
     try:
         return dict(mod.run(records=records, pg_url=args.pg))
     except Exception as exc:
