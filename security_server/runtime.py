@@ -125,12 +125,17 @@ class ServerRuntime:
             interval_s=float(interval) if interval is not None else self._conf_timestamping_interval(),
             size_trigger=settings.timestamping_batch_records,
             grace_s=float(settings.grace_seconds),
+            ca_certs=self._ca_certs,
         )
         self.message_log = MessageLog(self.log_store, server_id=self.config.server_id, timestamper=self.timestamper)
 
     def _tsas(self) -> list[tuple[str, x509.Certificate]]:
         """The timestamp authorities global configuration names, with their certificates."""
         return [(t.url, x509.load_der_x509_certificate(t.cert)) for t in self.conf().tsas]
+
+    def _ca_certs(self) -> set[bytes]:
+        """The CA certificates global configuration approves (what evidence containers carry for auditors)."""
+        return {der for ca in self.conf().cas for der in (ca.top_cert, *ca.intermediate_certs)}
 
     def _conf_timestamping_interval(self) -> float:
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,11 +123,15 @@ class Timestamper:
         grace_s: float = 4 * 3600,
         clock: Callable[[], dt.datetime] | None = None,
         request_timeout_s: float = 10.0,
+        ca_certs: Callable[[], Collection[bytes]] = frozenset,
     ) -> None:
         if interval_s <= 0 or size_trigger < 1 or max_batch < 1 or grace_s < 0:
             raise ValueError("interval, size trigger, batch size and grace must be positive")
         self._store = store
         self._tsa_provider = tsa_provider
+        # The CA certificates (DER) an auditor will hold besides the TSA's: a TSA that sends its chain although
+        # asked for no certificates (RFC 3161 says it must not) is still accepted when the chain is among them.
+        self._ca_certs = ca_certs
         self.interval_s = interval_s
         self.retry_s = max(interval_s / 4, 1.0)
         self.size_trigger = size_trigger
@@ -267,6 +271,7 @@ class Timestamper:
     async def _timestamp(self, root: bytes) -> tuple[bytes, str, dt.datetime]:
         """A verified token over ``root`` from the first TSA that gives one: ``(token, url, genTime)``."""
         authorities = list(self._tsa_provider())
+        ca_certs = frozenset(self._ca_certs())
         if not authorities:
             raise TimestampingFailed("no timestamp authority is configured")
         # Without certificates: the TSA's comes from global configuration, and a token carrying none has nothing
@@ -282,7 +287,7 @@ class Timestamper:
                     # machine (mostly asn1crypto re-encoding it, check_token_envelope), once per batch.  On the
                     # event loop that would stall every exchange in flight; in a thread, which holds the GIL for
                     # its Python parts, the loop runs interleaved with it instead.
-                    token, gen_time = await asyncio.to_thread(_check_reply, reply, root, cert, nonce)
+                    token, gen_time = await asyncio.to_thread(_check_reply, reply, root, cert, nonce, ca_certs)
                 except (PkiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     reason = exc.message if isinstance(exc, PkiError) else type(exc).__name__
                     errors.append(f"{url}: {reason}")
@@ -337,17 +342,19 @@ class Timestamper:
             yield
 
 
-def _check_reply(reply: bytes, root: bytes, cert: x509.Certificate, nonce: int | None) -> tuple[bytes, dt.datetime]:
+def _check_reply(
+    reply: bytes, root: bytes, cert: x509.Certificate, nonce: int | None, ca_certs: Collection[bytes]
+) -> tuple[bytes, dt.datetime]:
     """The token in a TSA's ``reply`` and its genTime, once it is over ``root``, from ``cert``, answering ``nonce``.
 
     The certificate itself comes from verified global configuration.  The token's unsigned parts are checked as an
     auditor will check them (:func:`check_token_envelope`), so no token is stored that an audit would refuse: it may
-    carry no certificate but the TSA's own.  Raises ``PkiError`` (then the next TSA is tried).
+    carry no certificate but the TSA's own and ``ca_certs``.  Raises ``PkiError`` (then the next TSA is tried).
     """
     try:
         token = parse_timestamp_response(reply)
         gen_time = verify_timestamp_token(token, data_digest=root, tsa_cert=cert, nonce=nonce)
-        check_token_envelope(token, {cert.public_bytes(Encoding.DER)})
+        check_token_envelope(token, {cert.public_bytes(Encoding.DER), *ca_certs})
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         # A part of the token verify_timestamp_token reads before the signature holds, and asn1crypto refuses.
         raise PkiError("the timestamp token does not parse") from exc

@@ -312,3 +312,25 @@ async def test_a_token_changed_on_the_way_is_not_stored(store: SqlLogStore, tsa:
     from asn1crypto import cms, core
 
     assert isinstance(cms.ContentInfo.load(batch.token)["content"]["certificates"], core.Void)
+
+
+async def test_a_tsa_sending_its_chain_unasked_is_accepted_when_the_chain_is_known(
+    store: SqlLogStore, tsa: TsaServer, pki: Pki
+) -> None:
+    """A TSA that includes CA certificates although asked for none: accepted if global configuration approves them.
+
+    Those are the certificates an auditor's evidence carries (certs/), so the stored token passes the audit too.
+    """
+    issuing = pki.ca.issuing_cert.public_bytes(Encoding.DER)
+    tsa.tamper = _add_certificate(pki.ca.issuing_cert)
+    unknowing = Timestamper(store, lambda: [(tsa.url, tsa.cert)])
+    knowing = Timestamper(store, lambda: [(tsa.url, tsa.cert)], ca_certs=lambda: {issuing})
+    async with MessageLog(store, server_id=SERVER, timestamper=knowing) as log:
+        await append_many(log, 1, 2)
+        assert await unknowing.stamp_once() == []
+        (batch,) = await knowing.stamp_once()
+    assert (batch.first_seq, batch.last_seq) == (1, 2)
+    from asn1crypto import cms
+
+    embedded = [c.chosen.dump() for c in cms.ContentInfo.load(batch.token)["content"]["certificates"]]
+    assert embedded == [issuing]
