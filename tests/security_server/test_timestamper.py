@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from asn1crypto import cms, core, parser
+from asn1crypto import x509 as a_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -254,8 +256,6 @@ async def test_openssl_verifies_a_batch_token(store: SqlLogStore, tsa: TsaServer
 
 def _reply_with_token(reply: bytes, token: bytes) -> bytes:
     """``reply`` (a TimeStampResp) carrying ``token`` instead of its own."""
-    from asn1crypto import parser
-
     status = TimeStampRespAsn1.load(reply)["status"].dump()
     return bytes(parser.emit(0, 1, 16, status + token))
 
@@ -266,9 +266,6 @@ def _token_of(reply: bytes) -> bytes:
 
 def _add_certificate(cert: x509.Certificate) -> Callable[[bytes], bytes]:
     def tamper(reply: bytes) -> bytes:
-        from asn1crypto import cms
-        from asn1crypto import x509 as a_x509
-
         content_info = cms.ContentInfo.load(_token_of(reply))
         extra = a_x509.Certificate.load(cert.public_bytes(Encoding.DER))
         content_info["content"]["certificates"] = cms.CertificateSet(
@@ -309,8 +306,6 @@ async def test_a_token_changed_on_the_way_is_not_stored(store: SqlLogStore, tsa:
     assert (batch.first_seq, batch.last_seq) == (1, 3)
     assert timestamper.status().last_error is None
     # Asked without certificates (the TSA honours certReq): the token carries none.
-    from asn1crypto import cms, core
-
     assert isinstance(cms.ContentInfo.load(batch.token)["content"]["certificates"], core.Void)
 
 
@@ -330,7 +325,5 @@ async def test_a_tsa_sending_its_chain_unasked_is_accepted_when_the_chain_is_kno
         assert await unknowing.stamp_once() == []
         (batch,) = await knowing.stamp_once()
     assert (batch.first_seq, batch.last_seq) == (1, 2)
-    from asn1crypto import cms
-
     embedded = [c.chosen.dump() for c in cms.ContentInfo.load(batch.token)["content"]["certificates"]]
     assert embedded == [issuing]
