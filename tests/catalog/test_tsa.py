@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
+from asn1crypto import cms as a_cms
+from asn1crypto import parser as a_parser
 from asn1crypto import tsp as a_tsp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +22,7 @@ from bridge.pki import profile
 from bridge.pki.keys import KeyAlgorithm, generate_private_key
 from bridge.pki.tsp import (
     TimeStampRespAsn1,
+    _der_reencoding,
     check_token_envelope,
     make_timestamp_request,
     parse_timestamp_response,
@@ -334,6 +337,90 @@ def test_a_genuine_token_has_a_sound_envelope(pki: Pki, tsa: TimestampAuthority)
     check_token_envelope(without, set())
     with pytest.raises(PkiError, match="certificate that is not among the known ones"):
         check_token_envelope(with_certs, _der(pki.tsa_cert))  # the CA certificates ride along unknown
+
+
+Change = Callable[[int, int, int, int, bytes], tuple[bytes, bytes]]
+
+
+def _rewrite(data: bytes, change: Change, counter: list[int]) -> bytes:
+    """``data`` (one TLV) re-emitted with ``change`` applied to each TLV in document order, lengths adjusted.
+
+    ``change(index, class, method, tag, contents)`` returns ``(header, contents)``; an empty header means the DER
+    one.  Recurses into constructed values and into OCTET STRINGs that hold exactly one TLV (the encapsulated
+    TSTInfo, the signature value).
+    """
+    class_, method, tag, _, contents, _ = a_parser.parse(data, strict=True)
+    index = counter[0]
+    counter[0] += 1
+    inner: list[bytes] = []
+    nested = method == 1
+    if not nested and class_ == 0 and tag == 4:
+        try:
+            nested = a_parser.parse(contents, strict=True)[3] != b""
+        except ValueError:
+            nested = False
+    if nested:
+        at = 0
+        while at < len(contents):
+            _, _, _, h, c, t = a_parser.parse(contents[at:])
+            size = len(h) + len(c) + len(t)
+            inner.append(_rewrite(contents[at : at + size], change, counter))
+            at += size
+        contents = b"".join(inner)
+    header, contents = change(index, class_, method, tag, contents)
+    if not header:
+        emitted = a_parser.emit(class_, method, tag, contents)
+        header = emitted[: len(emitted) - len(contents)]
+    return header + contents
+
+
+def _long_length_at(target: int) -> Change:
+    """A change giving the TLV number ``target`` a length in long form where DER requires the short one."""
+
+    def change(index: int, class_: int, method: int, tag: int, contents: bytes) -> tuple[bytes, bytes]:
+        if index != target or len(contents) >= 128 or tag >= 31:
+            return b"", contents
+        return a_parser.emit(class_, method, tag, b"")[:1] + b"\x81" + bytes([len(contents)]), contents
+
+    return change
+
+
+def _padded_integers(index: int, class_: int, method: int, tag: int, contents: bytes) -> tuple[bytes, bytes]:
+    """Every INTEGER with a redundant leading zero byte (BER reads the same number; DER forbids it)."""
+    return (b"", b"\x00" + contents) if (class_, method, tag) == (0, 0, 2) else (b"", contents)
+
+
+def test_the_der_test_is_asn1cryptos_forced_reencoding(pki: Pki, tsa: TimestampAuthority) -> None:
+    """_der_reencoding gives what asn1crypto's own (exponentially slow) forced dump gives, for DER and BER alike."""
+    digest = hashlib.sha256(DATA).digest()
+    with_certs = parse_timestamp_response(tsa.respond(make_timestamp_request(digest)))
+    without = parse_timestamp_response(tsa.respond(make_timestamp_request(digest, cert_req=False)))
+    identity = _rewrite(without, lambda i, k, m, t, c: (b"", c), [0])
+    assert identity == without  # the rewriter itself changes nothing unless asked
+    nodes = [0]
+    _rewrite(without, lambda i, k, m, t, c: (b"", c), nodes)
+    assert nodes[0] > 60  # it reached deep into the token: signed attributes, TSTInfo, the ESS certificate ids
+    # Long-form lengths at a spread of depths, from the outer SignedData to names deep in the signed attributes
+    # (not in the signature value, the last four values), and on every NULL outside the TSTInfo: asn1crypto's
+    # re-encoding keeps a NULL's header as received, so those only the header check finds.
+    seen: dict[int, tuple[int, int, int]] = {}  # index: (class, tag, length)
+    _rewrite(without, lambda i, k, m, t, c: (seen.setdefault(i, (k, t, len(c))) and b"", c), [0])
+    nulls = [i for i, (k, t, _) in seen.items() if (k, t) == (0, 5) and not 12 <= i <= 25]  # 12-25: the TSTInfo
+    assert seen[12][:2] == (0, 4) and seen[13][:2] == (0, 16) and len(nulls) == 2  # eContent, TSTInfo, 2 NULLs
+    short = [i for i, (_, _, size) in seen.items() if 2 <= i < nodes[0] - 4 and size < 128]  # a short form
+    targets = [*short[::8], *nulls]
+    assert len(targets) > 8
+    non_der = [_non_der(without), _rewrite(without, _padded_integers, [0])]
+    non_der += [_rewrite(without, _long_length_at(at), [0]) for at in targets]
+    for token in [with_certs, without, _with_unsigned_attribute(without), *non_der]:
+        fast = _der_reencoding(a_cms.ContentInfo.load(token, strict=True))
+        assert fast == a_cms.ContentInfo.load(token, strict=True).dump(force=True)
+    for token in non_der:
+        assert token not in (with_certs, without)
+        with pytest.raises(PkiError, match="not DER"):
+            check_token_envelope(token, _der(pki.tsa_cert, *pki.ca.chain))
+    check_token_envelope(with_certs, _der(pki.tsa_cert, *pki.ca.chain))
+    check_token_envelope(without, set())
 
 
 def test_changes_outside_the_signature_are_refused(pki: Pki, tsa: TimestampAuthority) -> None:
