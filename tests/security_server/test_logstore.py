@@ -385,6 +385,29 @@ def test_unstamped_reads_hashes_from_the_covering_index_on_sqlite(tmp_path: Path
         store.close()
 
 
+def test_migration_6_indexes_an_existing_sqlite_log(tmp_path: Path) -> None:
+    """A log written at schema version 5 gains log_records_stamping when opened, and keeps its records and chain."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    old = SqlLogStore(url, tmp_path / "bodies")
+    old.append(seal_all([make_record(i) for i in range(1, 6)]), {})
+    head = old.head()
+    with old._writing() as conn:  # back to version 5
+        conn.execute("DROP INDEX log_records_stamping")
+        conn.execute("DELETE FROM schema_version WHERE version = 6")
+    old.close()
+    new = SqlLogStore(url, tmp_path / "bodies")
+    try:
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(6,)]
+        assert new._query("SELECT sql FROM sqlite_master WHERE name = 'log_records_stamping'") == [
+            ("CREATE INDEX log_records_stamping ON log_records (seq, hash, at)",)
+        ]
+        assert new.head() == head
+        assert [seq for seq, _, _ in new.unstamped(10)] == [1, 2, 3, 4, 5]
+        assert verify_chain(new.records(1, 5)) == head[1]
+    finally:
+        new.close()
+
+
 def test_normalise_time_orders_like_time() -> None:
     """Every spelling of an instant normalises to the same text, and text order is time order."""
     assert normalise_time("2024-05-01T10:00:00Z") == "2024-05-01T10:00:00.000000Z"
