@@ -162,8 +162,11 @@ async def run(url: str, body_dir: Path, items: list[tuple[LogRecord, dict[str, S
         f"{log.transactions} store transactions ({n / log.transactions:.0f} records each)"
     )
     head_seq, _ = store.head()
-    last_batch = store.batch_of(head_seq)
-    batches = last_batch.id if last_batch is not None else 0
+    # The batches, walked from the first record: each must start right after the one before.
+    batches, seq = 0, 1
+    while (batch := store.batch_of(seq)) is not None:
+        assert batch.first_seq == seq, (batch, seq)
+        batches, seq = batches + 1, batch.last_seq + 1
     print(
         f"  timestamping: {tsa.calls} TSA calls ({calls_during} during the timed run) for {batches} batches "
         f"covering all {head_seq} records"
