@@ -7,17 +7,18 @@ asn1crypto (untyped) is used only inside this module; the public functions take 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
-from collections.abc import Collection
-from typing import Any, ClassVar
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from asn1crypto import cms, core, parser, tsp
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from bridge.errors import CertificateInvalid, PkiError
+from bridge.errors import CertificateInvalid, KorpuError, PkiError
 from bridge.pki.keys import as_public_key, verify_signature
 from bridge.pki.profile import check_tsa_cert
 
@@ -60,6 +61,33 @@ _SIG_HASH = {
 }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _fail_closed(message: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Turn any exception but a :class:`KorpuError` into ``PkiError(message)``.
+
+    Tokens and responses come from the network or from evidence files: whatever asn1crypto makes of a hostile one
+    (it raises ``AttributeError`` for some well-formed but unusual values), the caller gets the stable fault and
+    tries the next TSA, or reports the evidence as failing — never a traceback.
+    """
+
+    def wrap(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return function(*args, **kwargs)
+            except KorpuError:
+                raise
+            except Exception as exc:
+                raise PkiError(message) from exc
+
+        return checked
+
+    return wrap
+
+
 def _check_alg(hash_alg: str, digest: bytes | None = None) -> None:
     if hash_alg not in _DIGEST_SIZES:
         raise PkiError(f"unsupported timestamp hash algorithm {hash_alg!r}")
@@ -91,6 +119,7 @@ def timestamp_request_nonce(request_der: bytes) -> int | None:
     return int(value) if value is not None else None
 
 
+@_fail_closed("the timestamp response does not parse")
 def parse_timestamp_response(der: bytes) -> bytes:
     """The DER timestamp token (a CMS ContentInfo) in a TimeStampResp; raise :class:`PkiError` if not granted."""
     try:
@@ -112,6 +141,7 @@ def parse_timestamp_response(der: bytes) -> bytes:
     return bytes(token.dump())
 
 
+@_fail_closed("the timestamp token does not parse")
 def verify_timestamp_token(
     token_der: bytes,
     *,
@@ -165,17 +195,19 @@ def verify_timestamp_token(
     return gen_time
 
 
+@_fail_closed("the timestamp token does not parse")
 def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> None:
     """Check the parts of a token its signature does not cover; raise :class:`PkiError` if one is unexpected.
 
     :func:`verify_timestamp_token` checks what the TSA signed.  Anyone on the way from the TSA can still change the
     rest without breaking the signature, so this requires: DER throughout, SignedData version 3 and a signer of
-    version 1 or 3, digestAlgorithms exactly the signer's, no CRLs, no unsigned attributes, and embedded
-    certificates only among ``known_certs`` (DER).  The auditor applies the same rules (``bridge.evidence``), and
-    the timestamper before it stores a token, so that no token is kept that an audit would refuse.
+    version 1 or 3, digestAlgorithms exactly the signer's, algorithm parameters absent or NULL where the signature
+    does not cover them, no CRLs, no unsigned attributes, and embedded certificates only among ``known_certs``
+    (DER).  The auditor applies the same rules (``bridge.evidence``), and the timestamper before it stores a token,
+    so that no token is kept that an audit would refuse.
 
-    The DER test compares the token with asn1crypto's forced re-encoding (:func:`_der_reencoding`, a few ms), and
-    every header of its constructed values with the DER header for its contents (:func:`_der_headers`).
+    The DER test compares the token with asn1crypto's forced re-encoding (:func:`_der_reencoding`, 2-10 ms), and
+    every header nested in its constructed values with the DER header (:func:`_der_headers`).
     """
     try:
         content_info = cms.ContentInfo.load(token_der, strict=True)
@@ -191,6 +223,9 @@ def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> No
         digest_algs = [a["algorithm"].native for a in signed["digest_algorithms"]]
         if digest_algs != [signer["digest_algorithm"]["algorithm"].native]:
             raise PkiError("the timestamp token's digestAlgorithms differ from its signer's")
+        unsigned_algorithms = [*signed["digest_algorithms"], signer["digest_algorithm"], signer["signature_algorithm"]]
+        if any(not isinstance(a["parameters"], (core.Void, core.Null)) for a in unsigned_algorithms):
+            raise PkiError("the timestamp token has unexpected algorithm parameters")
         if not isinstance(signed["crls"], core.Void) or not isinstance(signer["unsigned_attrs"], core.Void):
             raise PkiError("the timestamp token carries CRLs or unsigned attributes")
         certificates = signed["certificates"]
@@ -198,7 +233,7 @@ def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> No
     except PkiError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
-        # RecursionError: a hostile token nested deeper than Python recurses.
+        # RecursionError: a hostile token nested deeper than Python recurses.  Anything else: _fail_closed.
         raise PkiError("the timestamp token does not parse") from exc
     known = set(known_certs)
     if any(der not in known for der in embedded):
@@ -208,44 +243,22 @@ def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> No
 def _der_reencoding(value: Any) -> bytes:
     """``value.dump(force=True)`` — asn1crypto's DER re-encoding of a parsed value — with each node encoded once.
 
-    asn1crypto's own forced dump is exponential in the depth of a tree with a re-encoded constructed value in it:
-    once a node is re-encoded it counts as changed, and every ancestor then re-encodes its subtree each time it
-    reads its contents, twice per dump.  A timestamp token is ~20 levels deep (the signing-certificate attribute
-    down to the issuer's name), so re-encoding one took ~0.3 s of CPU, held the GIL in the timestamper's worker
-    thread, and stalled the event loop in ~5 ms steps for that long (~250 ms of added latency per batch, measured
-    with a 1 ms ticker).  Here each node is re-encoded bottom-up, exactly once, by asn1crypto itself; its result is
-    then pinned on the (throwaway) node, so its parent's forced dump reuses it instead of encoding it again.
-    Children are enumerated as asn1crypto's dump reaches them.  ``value`` is consumed: do not use it afterwards.
-    A test holds this equal to the plain forced dump, for sound and for altered tokens.
+    asn1crypto's own forced dump is exponential in the depth of a tree with a changed node in it: a changed node's
+    ancestors re-encode their subtree each time their contents are read, twice per dump.  Parsing a timestamp
+    token's ESSCertIDv2 fills in its default hashAlgorithm, which counts as a change, ~20 levels deep; so
+    re-encoding one token took ~0.3 s of CPU, which in the timestamper's worker thread held the GIL and stalled the
+    event loop in ~5 ms steps for that long (~250 ms of added lateness per batch, measured with a 1 ms ticker).
+    Here each node is re-encoded bottom-up, exactly once, by asn1crypto itself, and its encoding is then pinned on
+    the node, so its parent's forced dump reuses it.  Children are enumerated as asn1crypto's dump reaches them
+    (:func:`_asn1_children`).  The nodes of ``value`` keep the pinned encodings: read ``value`` further only once
+    the result has been found equal to the bytes it was loaded from (then they are those bytes).  A test holds the
+    result equal to the plain forced dump for sound and altered tokens.
     """
     for child in _asn1_children(value):
         _der_reencoding(child)
     der = bytes(value.dump(force=True))
     value.dump = lambda force=False: der
     return der
-
-
-def _der_headers(data: bytes) -> bool:
-    """Whether ``data`` (one value) and every value nested in a constructed one has its DER header.
-
-    asn1crypto's forced re-encoding keeps some headers as received — a NULL's (``05 81 00`` for ``05 00``) — so
-    without this a token could be re-encoded on the way without the DER test noticing.  Primitive values are not
-    entered: the ones holding encodings are covered by the signature (the TSTInfo, through messageDigest) or are
-    the signature value itself.
-    """
-    class_, method, tag, header, contents, trailer = parser.parse(data, strict=True)
-    if trailer or parser.emit(class_, method, tag, contents) != header + contents:
-        return False
-    if method == 0:
-        return True
-    at = 0
-    while at < len(contents):
-        _, _, _, inner_header, inner_contents, inner_trailer = parser.parse(contents[at:])
-        size = len(inner_header) + len(inner_contents) + len(inner_trailer)
-        if not _der_headers(contents[at : at + size]):
-            return False
-        at += size
-    return True
 
 
 def _asn1_children(value: Any) -> list[Any]:
@@ -258,12 +271,60 @@ def _asn1_children(value: Any) -> list[Any]:
         return [value.chosen]
     if isinstance(value, core.ParsableOctetString):  # parsed contents are re-encoded; raw ones are kept
         return [value._parsed[0]] if value._parsed is not None else []
+    if value.__class__ is core.Sequence and not value._fields:
+        return []  # a SEQUENCE of no known type: asn1crypto keeps its bytes as received
     if isinstance(value, (core.Sequence, core.SequenceOf)):
         if value.children is None:
             value._parse_children()
         children = [value._lazy_child(i) for i, child in enumerate(value.children) if child is not None]
         return [child for child in children if child is not core.VOID]
     return []
+
+
+#: Deeper than any token needs (certificates with names and extensions stay under ~25 levels).
+_MAX_DER_DEPTH = 64
+
+
+def _der_headers(data: bytes) -> bool:
+    """Whether ``data`` is one value and it and every value nested in a constructed one has its DER header.
+
+    asn1crypto's forced re-encoding keeps some headers as received — a NULL's (``05 81 00`` for ``05 00``) — so
+    without this a token could be re-encoded on the way without the DER test noticing.  Primitive values are not
+    entered: the ones holding encodings are covered by the signature (the TSTInfo, through messageDigest) or are
+    the signature value itself.  asn1crypto's parser finds each value's extent (and refuses non-minimal tags);
+    this walks them by offset, so a value with many parts costs linear time, and compares each header's length
+    octets with the DER form: definite, and as short as the length allows.
+    """
+    # (start, end) of runs of sibling values still to check, with their depth.
+    runs = [(0, len(data), 0)]
+    top = True
+    while runs:
+        at, end, depth = runs.pop()
+        if depth > _MAX_DER_DEPTH:
+            return False
+        while at < end:
+            header_end, contents_end = parser._parse(data, end, at, lengths_only=True)
+            if top and contents_end != end:
+                return False  # trailing data after the one value
+            top = False
+            length_at = at + 1
+            if data[at] & 0x1F == 0x1F:  # a tag number in more octets: up to the one without the high bit
+                while data[length_at] & 0x80:
+                    length_at += 1
+                length_at += 1
+            size = contents_end - header_end
+            der_length = bytes([size]) if size < 0x80 else _long_length(size)
+            if data[length_at:header_end] != der_length:
+                return False  # indefinite, or longer than needed
+            if data[at] & 0x20:  # constructed
+                runs.append((header_end, contents_end, depth + 1))
+            at = contents_end
+    return True
+
+
+def _long_length(size: int) -> bytes:
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
 
 
 def _verify_signer(signer: Any, tst_der: bytes, tsa_cert: x509.Certificate) -> None:

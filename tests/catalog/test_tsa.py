@@ -22,6 +22,7 @@ from bridge.pki import profile
 from bridge.pki.keys import KeyAlgorithm, generate_private_key
 from bridge.pki.tsp import (
     TimeStampRespAsn1,
+    _der_headers,
     _der_reencoding,
     check_token_envelope,
     make_timestamp_request,
@@ -421,6 +422,84 @@ def test_the_der_test_is_asn1cryptos_forced_reencoding(pki: Pki, tsa: TimestampA
             check_token_envelope(token, _der(pki.tsa_cert, *pki.ca.chain))
     check_token_envelope(with_certs, _der(pki.tsa_cert, *pki.ca.chain))
     check_token_envelope(without, set())
+
+
+_SHA256_ALGORITHM = bytes.fromhex("300d06096086480165030402010500")  # AlgorithmIdentifier sha256, NULL parameters
+_ECDSA_SHA256 = bytes.fromhex("06082a8648ce3d040302")  # the OID, as the contents of its AlgorithmIdentifier
+
+
+def _signature_algorithm_parameters(parameters: bytes) -> Change:
+    """A change giving the signer's signatureAlgorithm (ecdsa-with-SHA256, no parameters) ``parameters``."""
+
+    def change(index: int, class_: int, method: int, tag: int, contents: bytes) -> tuple[bytes, bytes]:
+        hit = (class_, method, tag) == (0, 1, 16) and contents == _ECDSA_SHA256
+        return b"", contents + parameters if hit else contents
+
+    return change
+
+
+def _extra_digest_algorithm(algorithm: bytes) -> Change:
+    """A change adding ``algorithm`` (a whole AlgorithmIdentifier) to SignedData's digestAlgorithms."""
+
+    def change(index: int, class_: int, method: int, tag: int, contents: bytes) -> tuple[bytes, bytes]:
+        hit = (class_, method, tag) == (0, 1, 17) and contents == _SHA256_ALGORITHM
+        return b"", algorithm + contents if hit else contents
+
+    return change
+
+
+def test_hostile_envelopes_get_the_pki_fault_never_another_error(pki: Pki, tsa: TimestampAuthority) -> None:
+    """What asn1crypto trips over in the unsigned parts is refused as PkiError by every public function.
+
+    An ObjectDescriptor (tag 7) is well-formed DER that asn1crypto cannot turn into a value (AttributeError); in
+    the TSA's reply it must cost that TSA, not the timestamper, and in evidence an audit failure, not a crash.
+    """
+    digest = hashlib.sha256(DATA).digest()
+    without = parse_timestamp_response(tsa.respond(make_timestamp_request(digest, cert_req=False)))
+    known = _der(pki.tsa_cert, *pki.ca.chain)
+    descriptor = _rewrite(without, _extra_digest_algorithm(bytes.fromhex("300a06032a0304070144")), [0])
+    assert descriptor != without
+    verify_timestamp_token(descriptor, data_digest=digest, tsa_cert=pki.tsa_cert)  # digestAlgorithms: unsigned
+    with pytest.raises(PkiError, match="does not parse"):
+        check_token_envelope(descriptor, known)  # asn1crypto raises AttributeError inside
+    for junk in (b"\x30\x03\x07\x01\x44", b"\x30\x80", b""):
+        with pytest.raises(PkiError):
+            check_token_envelope(junk, known)
+        with pytest.raises(PkiError):
+            verify_timestamp_token(junk, data_digest=digest, tsa_cert=pki.tsa_cert)
+        with pytest.raises(PkiError):
+            parse_timestamp_response(junk)
+    # The signer's signatureAlgorithm is not signed: parameters ECDSA has none of are refused, whatever they hold.
+    for parameters in ("3003070144", "30053103020101", "020101"):
+        token = _rewrite(without, _signature_algorithm_parameters(bytes.fromhex(parameters)), [0])
+        assert token != without
+        verify_timestamp_token(token, data_digest=digest, tsa_cert=pki.tsa_cert)  # the signature still holds
+        with pytest.raises(PkiError, match="unexpected algorithm parameters"):
+            check_token_envelope(token, known)
+
+
+def test_der_headers_are_checked_at_every_depth_and_in_linear_time() -> None:
+    """The header rule on its own: one value, definite lengths as short as possible, high tag numbers too."""
+    with pytest.raises(ValueError):
+        _der_headers(bytes.fromhex("300605000201"))  # truncated: the parser refuses it
+    assert _der_headers(bytes.fromhex("30050500020105"))
+    assert not _der_headers(bytes.fromhex("3005050002010500"))  # trailing data after the value
+    assert not _der_headers(bytes.fromhex("3081050500020105"))  # long form for a short length
+    assert not _der_headers(bytes.fromhex("3006058100020105"))  # ... on a NULL inside
+    assert not _der_headers(bytes.fromhex("308005000201050000"))  # indefinite length
+    long_value = b"\x04\x81\xc8" + bytes(200)  # 200 bytes need the long form with one length octet
+    assert _der_headers(long_value)
+    assert not _der_headers(b"\x04\x82\x00\xc8" + bytes(200))  # two length octets where one will do
+    assert _der_headers(bytes.fromhex("bf8a3903020101"))  # [1337] constructed: a tag number in two octets
+    assert not _der_headers(bytes.fromhex("bf8a39810302010100"[:-2]))  # the same with a long-form length
+    deep = bytes.fromhex("0500")
+    for _ in range(100):
+        deep = a_parser.emit(0, 1, 16, deep)
+    assert not _der_headers(deep)  # deeper than any token
+    # Many siblings: each header is read in place (slicing the rest for each took minutes for a few MB).
+    many = a_parser.emit(0, 1, 16, b"\x05\x00" * 500_000)
+    assert _der_headers(many)
+    assert not _der_headers(a_parser.emit(0, 1, 16, b"\x05\x00" * 499_999 + b"\x05\x81\x00"))  # the last: long
 
 
 def test_changes_outside_the_signature_are_refused(pki: Pki, tsa: TimestampAuthority) -> None:
