@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from bridge.errors import CertificateInvalid, InvalidRequest, KorpuError, UpstreamUnavailable
@@ -174,8 +175,13 @@ def install_certificates(
         sign = x509.load_pem_x509_certificate(str(answer["sign_certificate"]).encode())
     except (KeyError, ValueError):
         raise InvalidRequest("the central server's answer lacks valid certificates") from None
-    # (2) our keys
-    if not _same_key(auth, token, "auth") or not _same_key(sign, token, "sign"):
+    # (2) our keys.  cryptography parses a certificate's key only here: an unknown key algorithm or a bad point
+    #     raises UnsupportedAlgorithm or ValueError, which must fail this answer, not the follow-up task.
+    try:
+        ours = _same_key(auth, token, "auth") and _same_key(sign, token, "sign")
+    except (ValueError, UnsupportedAlgorithm):
+        ours = False
+    if not ours:
         raise CertificateInvalid("an issued certificate does not carry this server's public key")
     # (3) profile and identity
     check_auth_cert(auth)
@@ -234,4 +240,7 @@ async def follow_registration(
                 return
         except KorpuError as exc:
             log.warning("registration follow-up failed", fault=exc.fault_code, error=exc.message)
+        except Exception as exc:
+            # A bug or an answer nothing above foresaw: keep following (the request is still pending) and say so.
+            log.error("registration follow-up failed unexpectedly", error=type(exc).__name__)
         await asyncio.sleep(interval_s)

@@ -26,10 +26,11 @@ from bridge.pki.profile import auth_cert_subject, sign_cert_subject
 from bridge.pki.token import SoftwareToken
 from catalog.ca import CertificateAuthority
 from policies.local import LocalPolicy
+from security_server import registration
 from security_server.app import create_admin_app, hash_admin_key
 from security_server.confclient import GlobalConfClient
 from security_server.config import ServerConfig
-from security_server.registration import RegistrationState, install_certificates
+from security_server.registration import RegistrationState, follow_registration, install_certificates
 from security_server.runtime import ServerRuntime
 from tests.support.globalconf import NOW, make_anchor, make_signer, sample_conf
 
@@ -199,3 +200,38 @@ def test_install_refuses_answers_without_certificates(token: SoftwareToken) -> N
     """An approved answer lacking parseable certificates is an InvalidRequest, not a crash."""
     with pytest.raises(InvalidRequest):
         install_certificates(token, SERVER, {"auth_certificate": "garbage"}, sample_conf(1))
+
+
+def test_install_refuses_a_certificate_whose_key_does_not_parse(ca: CertificateAuthority, token: SoftwareToken) -> None:
+    """A key cryptography cannot read (an unknown algorithm OID) is refused as not ours, not raised as a crash."""
+    answer = _issue(ca, token, SERVER)
+    der = x509.load_pem_x509_certificate(answer["auth_certificate"].encode()).public_bytes(serialization.Encoding.DER)
+    ec_public_key = bytes.fromhex("2a8648ce3d0201")  # id-ecPublicKey
+    assert der.count(ec_public_key) == 1
+    unknown = x509.load_der_x509_certificate(der.replace(ec_public_key, bytes.fromhex("2a8648ce3d0209")))
+    answer["auth_certificate"] = unknown.public_bytes(serialization.Encoding.PEM).decode()
+    with pytest.raises(CertificateInvalid, match="public key"):
+        install_certificates(token, SERVER, answer, _conf_approving(ca))
+    assert token.certificate("auth") is None
+
+
+async def test_registration_follow_up_outlives_an_unexpected_error(
+    token: SoftwareToken, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error nothing foresaw is logged and the next poll comes: the task does not end with the request pending."""
+    polls: list[int] = []
+
+    async def poll_once(*args: object) -> bool:
+        polls.append(len(polls))
+        if len(polls) == 1:
+            raise RuntimeError("a bug, or an answer nothing foresaw")
+        return True
+
+    class Conf:
+        def current(self) -> None:
+            return None
+
+    monkeypatch.setattr(registration, "poll_once", poll_once)
+    reg = RegistrationState("r1", "http://127.0.0.1:9", str(SERVER))
+    await follow_registration(tmp_path, token, reg, Conf(), interval_s=0.01)
+    assert polls == [0, 1]
