@@ -153,8 +153,28 @@ def verify_ocsp_response(
 
     ``max_age`` bounds how old thisUpdate may be; ``nonce``, if given, must be echoed.  Raises
     :class:`CertificateInvalid` if the response is malformed, unsuccessful, not signed by an authorised
-    responder, about another certificate, or stale.
+    responder, about another certificate, or stale — and for anything else that goes wrong checking it:
+    cryptography parses parts lazily and raises ``UnsupportedAlgorithm`` or ``ValueError`` for an unknown
+    algorithm in them, which must cost this response (the caller tries the next responder), never more.
     """
+    try:
+        return _verify_ocsp_response(der, cert, issuer, trusted_responder_certs, now, max_age, nonce, clock_skew)
+    except CertificateInvalid:
+        raise
+    except Exception as exc:
+        raise CertificateInvalid("the OCSP response cannot be checked") from exc
+
+
+def _verify_ocsp_response(
+    der: bytes,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    trusted_responder_certs: Sequence[x509.Certificate],
+    now: dt.datetime,
+    max_age: dt.timedelta,
+    nonce: bytes | None,
+    clock_skew: dt.timedelta,
+) -> OcspStatus:
     if now.tzinfo is None:
         raise CertificateInvalid("verification time must be timezone-aware")
     # (1) Parse, and accept only a successful response (the other statuses are unsigned).

@@ -251,6 +251,20 @@ def test_client_rejects_tampered_response(pki: Pki) -> None:
         verify_ocsp_response(tampered, pki.auth_cert, pki.ca.issuing_cert, now=dt.datetime.now(dt.UTC), max_age=MAX_AGE)
 
 
+def test_client_refuses_a_response_it_cannot_check_as_invalid(pki: Pki) -> None:
+    """An unknown signature algorithm (cryptography raises UnsupportedAlgorithm) is CertificateInvalid, like any flaw.
+
+    The OCSP cache tries the next responder on CertificateInvalid only; another exception stopped the refresh.
+    """
+    request = make_ocsp_request(pki.auth_cert, pki.ca.issuing_cert)
+    der = respond(pki, request, record(pki.auth_cert))
+    ecdsa_sha256 = bytes.fromhex("2a8648ce3d040302")
+    at = der.index(ecdsa_sha256)  # the first: BasicOCSPResponse.signatureAlgorithm, after tbsResponseData
+    unknown = der[:at] + bytes.fromhex("2a8648ce3d040309") + der[at + len(ecdsa_sha256) :]
+    with pytest.raises(CertificateInvalid, match="cannot be checked"):
+        verify_ocsp_response(unknown, pki.auth_cert, pki.ca.issuing_cert, now=dt.datetime.now(dt.UTC), max_age=MAX_AGE)
+
+
 def test_client_rejects_responder_without_ocsp_eku(pki: Pki) -> None:
     """A responder certificate from our issuer but without OCSPSigning (here: the auth cert) is not authorised."""
     request = make_ocsp_request(pki.sign_cert, pki.ca.issuing_cert)
