@@ -112,7 +112,7 @@ class TimestampAuthority:
         try:
             request = tsp.TimeStampReq.load(request_der, strict=True)
             _ = request.native
-        except (ValueError, TypeError, KeyError, OverflowError):
+        except Exception:  # asn1crypto raises AttributeError too: an ObjectDescriptor has no value
             raise _Rejection("bad_data_format", "request does not parse as a TimeStampReq") from None
         if request["version"].native != "v1":
             raise _Rejection("bad_request", "unsupported request version")
