@@ -32,6 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
+from bridge.logsetup import get_logger
 from bridge.pki.keys import PrivateKey, signature_hash
 from bridge.pki.ocsp import issuer_key_hash
 from catalog.api import read_capped
@@ -44,6 +45,8 @@ __all__ = [
     "build_ocsp_response",
     "requested_serial",
 ]
+
+log = get_logger(__name__)
 
 #: How long a response stays valid (nextUpdate - thisUpdate).
 DEFAULT_VALIDITY = dt.timedelta(hours=1)
@@ -58,6 +61,10 @@ def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
     return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
 
 
+#: Certificate serial numbers are positive and at most 20 octets (RFC 5280 4.1.2.2); ours are random 159-bit ones.
+_MAX_SERIAL = 1 << 160
+
+
 def _parse(request_der: bytes) -> ocsp.OCSPRequest | None:
     try:
         request = ocsp.load_der_ocsp_request(request_der)
@@ -65,6 +72,10 @@ def _parse(request_der: bytes) -> ocsp.OCSPRequest | None:
         _ = (request.serial_number, request.issuer_name_hash, request.issuer_key_hash, request.hash_algorithm)
         _ = list(request.extensions)
     except (ValueError, UnsupportedAlgorithm):
+        return None
+    # A serial no certificate can have: negative (the response builder refuses it) or thousands of digits long
+    # (beyond what int() and str() convert, where the store looks it up).
+    if not 0 <= request.serial_number < _MAX_SERIAL:
         return None
     return request
 
@@ -171,18 +182,26 @@ class OcspResponder:
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     async def answer(self, request_der: bytes) -> bytes:
-        """The DER response to ``request_der``, looking the requested serial up in the store."""
-        serial = requested_serial(request_der)
-        record = await self.lookup(serial) if serial is not None else None
-        return build_ocsp_response(
-            request_der,
-            issuer_cert=self.issuer_cert,
-            responder_cert=self.responder_cert,
-            responder_key=self.responder_key,
-            lookup_result=record,
-            now=self._clock(),
-            validity=self.validity,
-        )
+        """The DER response to ``request_der``, looking the requested serial up in the store.
+
+        A client always gets an OCSP response: one the responder cannot make (the store failed, or a request
+        nothing here foresaw) is ``internalError``, which clients treat as no answer.
+        """
+        try:
+            serial = requested_serial(request_der)
+            record = await self.lookup(serial) if serial is not None else None
+            return build_ocsp_response(
+                request_der,
+                issuer_cert=self.issuer_cert,
+                responder_cert=self.responder_cert,
+                responder_key=self.responder_key,
+                lookup_result=record,
+                now=self._clock(),
+                validity=self.validity,
+            )
+        except Exception as exc:
+            log.error("ocsp response failed", error=type(exc).__name__)
+            return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Answer a POST (DER body) or GET (``/{base64 DER}``) OCSP request; malformed ones get malformedRequest."""

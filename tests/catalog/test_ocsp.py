@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
+from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -19,6 +21,7 @@ from bridge.errors import CertificateInvalid, CertificateRevoked
 from bridge.pki.keys import generate_private_key
 from bridge.pki.ocsp import (
     RevocationStatus,
+    issuer_key_hash,
     make_ocsp_request,
     request_nonce,
     require_good,
@@ -249,6 +252,42 @@ def test_client_rejects_tampered_response(pki: Pki) -> None:
     tampered = der[:at] + bytes([der[at] ^ 1]) + der[at + 1 :]
     with pytest.raises(CertificateInvalid, match="signature does not verify"):
         verify_ocsp_response(tampered, pki.auth_cert, pki.ca.issuing_cert, now=dt.datetime.now(dt.UTC), max_age=MAX_AGE)
+
+
+def _request_for_serial(issuer: x509.Certificate, serial: int) -> bytes:
+    """An OCSP request for ``serial`` under ``issuer``, built with asn1crypto (cryptography refuses odd serials)."""
+    cert_id = {
+        "hash_algorithm": {"algorithm": "sha1"},
+        "issuer_name_hash": hashlib.sha1(issuer.subject.public_bytes()).digest(),
+        "issuer_key_hash": issuer_key_hash(issuer, hashes.SHA1()),
+        "serial_number": serial,
+    }
+    return bytes(a_ocsp.OCSPRequest({"tbs_request": {"request_list": [{"req_cert": cert_id}]}}).dump())
+
+
+async def test_serials_no_certificate_can_have_are_malformed_requests(pki: Pki) -> None:
+    """A negative serial, or one of thousands of digits, is malformedRequest; a store failure is internalError."""
+    looked_up: list[int] = []
+
+    async def lookup(serial: int) -> CertRecord | None:
+        looked_up.append(serial)
+        str(serial)  # what the catalog's store does with it (and where 4,300 digits and more raised)
+        return None
+
+    responder = OcspResponder(pki.ca.issuing_cert, pki.ocsp_cert, pki.ocsp_key, lookup)
+    for serial in (-5, 1 << 16_000):
+        reply = ocsp.load_der_ocsp_response(await responder.answer(_request_for_serial(pki.ca.issuing_cert, serial)))
+        assert reply.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert looked_up == []
+    reply = ocsp.load_der_ocsp_response(await responder.answer(_request_for_serial(pki.ca.issuing_cert, 5)))
+    assert (reply.response_status, looked_up) == (ocsp.OCSPResponseStatus.SUCCESSFUL, [5])
+
+    async def failing(serial: int) -> CertRecord | None:
+        raise OSError("the catalog is unavailable")
+
+    broken = OcspResponder(pki.ca.issuing_cert, pki.ocsp_cert, pki.ocsp_key, failing)
+    reply = ocsp.load_der_ocsp_response(await broken.answer(_request_for_serial(pki.ca.issuing_cert, 5)))
+    assert reply.response_status is ocsp.OCSPResponseStatus.INTERNAL_ERROR
 
 
 def test_client_refuses_a_response_it_cannot_check_as_invalid(pki: Pki) -> None:
