@@ -70,11 +70,15 @@ def load_csr(data: bytes | str) -> x509.CertificateSigningRequest:
     # (4) The self-signature proves possession of the private key; it must use a current hash.
     try:
         hash_algorithm = csr.signature_hash_algorithm
-    except UnsupportedAlgorithm as exc:
+    except (UnsupportedAlgorithm, ValueError) as exc:  # ValueError: e.g. RSASSA-PSS without its parameters
         raise InvalidCsr("the CSR's signature algorithm is not supported") from exc
     if not isinstance(hash_algorithm, _ALLOWED_HASHES):
         raise InvalidCsr("the CSR must be signed with SHA-256, SHA-384 or SHA-512")
-    if not csr.is_signature_valid:
+    try:
+        signature_valid = csr.is_signature_valid
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise InvalidCsr("the CSR's self-signature cannot be checked") from exc
+    if not signature_valid:
         raise InvalidCsr("the CSR's self-signature does not verify")
     # (5) Touch the extensions so that a malformed one fails here, not later inside the CA.
     try:

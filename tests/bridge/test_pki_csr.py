@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from asn1crypto import csr as a_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -81,3 +82,12 @@ def test_oversized() -> None:
     """Input above the size cap is refused before parsing."""
     with pytest.raises(InvalidCsr, match="larger than"):
         load_csr(b"0" * (MAX_CSR_SIZE + 1))
+
+
+def test_a_signature_algorithm_cryptography_cannot_read_is_invalid_csr() -> None:
+    """RSASSA-PSS without its parameters: cryptography raises ValueError, which must be InvalidCsr (a 400)."""
+    key = generate_private_key(KeyAlgorithm.RSA_2048)
+    request = a_csr.CertificationRequest.load(make_csr(key, SUBJECT).public_bytes(serialization.Encoding.DER))
+    request["signature_algorithm"] = {"algorithm": "rsassa_pss"}
+    with pytest.raises(InvalidCsr, match="signature algorithm is not supported"):
+        load_csr(request.dump())
