@@ -174,7 +174,7 @@ def _is_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return "link.json" in zf.namelist()
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError):  # a name flagged UTF-8 that is not
         return False  # verify_container reports it properly
 
 

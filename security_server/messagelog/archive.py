@@ -684,7 +684,8 @@ def verify_log(
     if present is None or last_seq == 0:
         return LogReport(0, 0, GENESIS_HASH.hex(), 0, 0, None, False)
     first_seq = present.seq
-    prev = GENESIS_HASH if first_seq == 1 else bytes.fromhex(present.prev_hash)
+    with verification_step(f"record {first_seq}", 1, "record chain"):  # a tampered prev_hash may not be hex
+        prev = GENESIS_HASH if first_seq == 1 else bytes.fromhex(present.prev_hash)
     if after_archive is not None:
         link = _read_link(after_archive)
         with verification_step(f"record {first_seq}", 1, "record chain"):

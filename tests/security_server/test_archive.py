@@ -174,6 +174,37 @@ def test_live_log_tampering_is_named(pki: Pki) -> None:
         verify_log(store, builder.certs)
 
 
+def test_a_live_log_starting_at_a_record_with_a_non_hex_prev_hash_fails_verification(pki: Pki) -> None:
+    """After archiving, the first live record's prev_hash starts the chain: tampered to non-hex, it is named."""
+    import dataclasses
+
+    store = MemoryLogStore()
+    builder = filled(pki, store, 2)
+    del store._records[1]  # as if archived and deleted
+    store._records[2] = dataclasses.replace(store.records(2, 2)[0], prev_hash="not hex")
+    with pytest.raises(LogVerificationFailed, match=r"record 2: check \(1\) record chain"):
+        verify_log(store, builder.certs)
+
+
+def test_audit_verify_reports_a_zip_with_undecodable_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ZIP whose UTF-8-flagged name is not UTF-8 is a failed file, not an aborted command."""
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("mimetype", b"x")
+    data = bytearray(bad.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # local and central headers: set the UTF-8 flag (bit 11)
+        at = data.index(header)
+        flags = at + (6 if header == b"PK\x03\x04" else 8)
+        data[flags + 1] |= 0x08
+    name_at = data.rindex(b"mimetype")
+    data[name_at] = 0xFF  # not UTF-8
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UnicodeDecodeError):
+        zipfile.ZipFile(bad)  # what the command met, and ended with an internal error
+    assert audit("verify", str(bad)) == 1
+    assert "bad.zip" in capsys.readouterr().err
+
+
 # korpu audit ---------------------------------------------------------------------------------------------------------
 
 SERVER_YAML = "server_id: AZ/GOV/1400057421/ss1\nowner_name: Ministry of Taxes\naddress: 127.0.0.1:5500\n"
