@@ -122,14 +122,11 @@ def timestamp_request_nonce(request_der: bytes) -> int | None:
 @_fail_closed("the timestamp response does not parse")
 def parse_timestamp_response(der: bytes) -> bytes:
     """The DER timestamp token (a CMS ContentInfo) in a TimeStampResp; raise :class:`PkiError` if not granted."""
-    try:
-        response = TimeStampRespAsn1.load(der, strict=True)
-        status = response["status"]["status"].native
-        texts = response["status"]["status_string"].native or []
-        fail_info = response["status"]["fail_info"].native
-        token = response["time_stamp_token"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise PkiError("the timestamp response does not parse") from exc
+    response = TimeStampRespAsn1.load(der, strict=True)  # a malformed one: "does not parse" (_fail_closed)
+    status = response["status"]["status"].native
+    texts = response["status"]["status_string"].native or []
+    fail_info = response["status"]["fail_info"].native
+    token = response["time_stamp_token"]
     if status not in ("granted", "granted_with_mods"):
         detail = "; ".join(str(t) for t in texts)
         failures = ", ".join(sorted(fail_info)) if fail_info else "none"
@@ -159,20 +156,18 @@ def verify_timestamp_token(
     # (1) The TSA certificate fits the TSA profile.
     check_tsa_cert(tsa_cert)
     # (2) Parse: a ContentInfo holding SignedData over a TSTInfo, with exactly one signer.
-    try:
-        content_info = cms.ContentInfo.load(token_der, strict=True)
-        if content_info["content_type"].native != "signed_data":
-            raise PkiError("the timestamp token is not CMS SignedData")
-        signed_data = content_info["content"]
-        encap = signed_data["encap_content_info"]
-        if encap["content_type"].native != "tst_info":
-            raise PkiError("the timestamp token does not contain a TSTInfo")
-        tst_der = bytes(encap["content"].contents)
-        tst_info = encap["content"].parsed
-        _ = tst_info.native
-        signer_infos = list(signed_data["signer_infos"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise PkiError("the timestamp token does not parse") from exc
+    #     What asn1crypto raises on a malformed token becomes "does not parse" (_fail_closed).
+    content_info = cms.ContentInfo.load(token_der, strict=True)
+    if content_info["content_type"].native != "signed_data":
+        raise PkiError("the timestamp token is not CMS SignedData")
+    signed_data = content_info["content"]
+    encap = signed_data["encap_content_info"]
+    if encap["content_type"].native != "tst_info":
+        raise PkiError("the timestamp token does not contain a TSTInfo")
+    tst_der = bytes(encap["content"].contents)
+    tst_info = encap["content"].parsed
+    _ = tst_info.native
+    signer_infos = list(signed_data["signer_infos"])
     if len(signer_infos) != 1:
         raise PkiError(f"the timestamp token has {len(signer_infos)} signers, expected 1")
     signer = signer_infos[0]
@@ -207,36 +202,30 @@ def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> No
     so that no token is kept that an audit would refuse.
 
     The DER test compares the token with asn1crypto's forced re-encoding (:func:`_der_reencoding`, 2-10 ms), and
-    every header nested in its constructed values with the DER header (:func:`_der_headers`).
+    every header nested in its constructed values with the DER header (:func:`_der_headers`).  What asn1crypto
+    raises on a malformed token (RecursionError for one nested too deep) becomes "does not parse" (_fail_closed).
     """
-    try:
-        content_info = cms.ContentInfo.load(token_der, strict=True)
-        if not _der_headers(token_der) or _der_reencoding(content_info) != token_der:
-            raise PkiError("the timestamp token is not DER")
-        signed = content_info["content"]
-        signers = list(signed["signer_infos"])
-        if len(signers) != 1:
-            raise PkiError(f"the timestamp token has {len(signers)} signers, expected 1")
-        signer = signers[0]
-        if signed["version"].native != "v3" or signer["version"].native not in ("v1", "v3"):
-            raise PkiError("the timestamp token has unexpected CMS versions")
-        digest_algs = [a["algorithm"].native for a in signed["digest_algorithms"]]
-        if digest_algs != [signer["digest_algorithm"]["algorithm"].native]:
-            raise PkiError("the timestamp token's digestAlgorithms differ from its signer's")
-        unsigned_algorithms = [*signed["digest_algorithms"], signer["digest_algorithm"], signer["signature_algorithm"]]
-        if any(not isinstance(a["parameters"], (core.Void, core.Null)) for a in unsigned_algorithms):
-            raise PkiError("the timestamp token has unexpected algorithm parameters")
-        if not isinstance(signed["crls"], core.Void) or not isinstance(signer["unsigned_attrs"], core.Void):
-            raise PkiError("the timestamp token carries CRLs or unsigned attributes")
-        certificates = signed["certificates"]
-        embedded = [] if isinstance(certificates, core.Void) else [choice.chosen.dump() for choice in certificates]
-    except PkiError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
-        # RecursionError: a hostile token nested deeper than Python recurses.  Anything else: _fail_closed.
-        raise PkiError("the timestamp token does not parse") from exc
+    content_info = cms.ContentInfo.load(token_der, strict=True)
+    if not _der_headers(token_der) or _der_reencoding(content_info) != token_der:
+        raise PkiError("the timestamp token is not DER")
+    signed = content_info["content"]
+    signers = list(signed["signer_infos"])
+    if len(signers) != 1:
+        raise PkiError(f"the timestamp token has {len(signers)} signers, expected 1")
+    signer = signers[0]
+    if signed["version"].native != "v3" or signer["version"].native not in ("v1", "v3"):
+        raise PkiError("the timestamp token has unexpected CMS versions")
+    digest_algs = [a["algorithm"].native for a in signed["digest_algorithms"]]
+    if digest_algs != [signer["digest_algorithm"]["algorithm"].native]:
+        raise PkiError("the timestamp token's digestAlgorithms differ from its signer's")
+    unsigned_algorithms = [*signed["digest_algorithms"], signer["digest_algorithm"], signer["signature_algorithm"]]
+    if any(not isinstance(a["parameters"], (core.Void, core.Null)) for a in unsigned_algorithms):
+        raise PkiError("the timestamp token has unexpected algorithm parameters")
+    if not isinstance(signed["crls"], core.Void) or not isinstance(signer["unsigned_attrs"], core.Void):
+        raise PkiError("the timestamp token carries CRLs or unsigned attributes")
+    certificates = signed["certificates"]
     known = set(known_certs)
-    if any(der not in known for der in embedded):
+    if not isinstance(certificates, core.Void) and any(choice.chosen.dump() not in known for choice in certificates):
         raise PkiError("the timestamp token carries a certificate that is not among the known ones")
 
 
