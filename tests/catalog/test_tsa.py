@@ -482,7 +482,7 @@ def test_hostile_envelopes_get_the_pki_fault_never_another_error(pki: Pki, tsa: 
             check_token_envelope(token, known)
 
 
-def test_der_headers_are_checked_at_every_depth_and_in_linear_time() -> None:
+def test_der_headers_are_checked_at_every_depth_and_read_in_place() -> None:
     """The header rule on its own: one value, definite lengths as short as possible, high tag numbers too."""
     with pytest.raises(ValueError):
         _der_headers(bytes.fromhex("300605000201"))  # truncated: the parser refuses it
