@@ -208,6 +208,8 @@ def log_append(args: Any) -> dict[str, Any]:
         result[backend] = float(m.group(1).replace(",", "")) if m else None
         t = re.search(r"(\d+) TSA calls .*? for (\d+) batches", section)
         result[f"{backend}_tsa"] = {"calls": int(t.group(1)), "batches": int(t.group(2))} if t else None
+        w = re.search(r"written to storage: ([\d.]+) KiB per record, (\d+) MB/s", section)
+        result[f"{backend}_written"] = {"kib_per_record": float(w.group(1)), "mb_s": int(w.group(2))} if w else None
     return result
 
 
@@ -331,6 +333,10 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             if tsa is not None:
                 out.append((f"log append {backend}: TSA calls / batches", f"{tsa['calls']} / {tsa['batches']}", "",
                             "one call per batch", "PASS" if tsa["calls"] == tsa["batches"] else "FAIL"))  # fmt: skip
+            written = app.get(f"{backend}_written")
+            if written is not None:
+                out.append((f"log append {backend}: written to storage per record (KiB), MB/s",
+                            f"{written['kib_per_record']:.1f}, {written['mb_s']}", "", "", "info"))  # fmt: skip
     body = res.get("bodies", {})
     if "upload" in body:
         for code in ("ss-a", "ss-b"):
