@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fsyncprobe import probe as fsync_probe
 from harness import CLIENT, REST_PATH, ROOT, SOAP_ENVELOPE, Bed, build_state, cpu_seconds, proc_status
 
 PY = sys.executable
@@ -315,6 +316,11 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append((f"p99 at half load ({hk['rate']:.0f} req/s, open loop, ms)", f"{hk['p99_ms']:.1f}",
                     f"{hb['p99_ms']:.1f}", f"+{added:.1f} ms (target ≤ +10)",
                     "PASS" if added <= TARGETS["added_p99_ms"] else "FAIL"))  # fmt: skip
+    fs = res.get("fsync")
+    if fs and fs.get("n"):
+        out.append(("fdatasync of 16 KiB on the logs' disk, idle: p50 / p99 / p99.9 / max (ms)",
+                    f"{fs['p50_ms']:.2f} / {fs['p99_ms']:.2f} / {fs['p999_ms']:.2f} / {fs['max_ms']:.1f}", "",
+                    "4 in a row per exchange", "info"))  # fmt: skip
     app = res.get("log_append", {})
     for backend, target in (("sqlite", "append_sqlite"), ("postgresql", "append_pg")):
         rate = app.get(backend)
@@ -472,6 +478,10 @@ def main() -> None:
         if "half" in steps:
             rate = max(1.0, res["load"]["korpu_rest"]["rps"] / 2)
             opened = ["--rate", f"{rate:.1f}", "--duration", str(args.half_duration), "--warmup", "2"]
+            # The disk's own commit latency, with the bed idle, on the file system of the servers' logs: each
+            # exchange waits for four commits in a row, so this tail is a floor under the exchange's p99.
+            log(f"fdatasync latency of the logs' file system, bed idle, {args.half_duration:.0f} s ...")
+            res["fsync"] = fsync_probe(state, args.half_duration)
             for name, src in (("korpu_half", "korpu_rest"), ("base_half", "base_rest")):
                 url, extra, watch = loads[src]
                 log(f"open loop {name} at {rate:.0f} req/s ...")
