@@ -110,8 +110,9 @@ def disk_writes() -> int | None:
     """Bytes this process has caused to be written to storage (Linux ``/proc/self/io``), or None elsewhere."""
     try:
         with open("/proc/self/io") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
-    except (OSError, StopIteration, ValueError):
+            line = next((line for line in f if line.startswith("write_bytes:")), None)
+            return None if line is None else int(line.split(":", 1)[1])
+    except (OSError, ValueError):
         return None
 
 
