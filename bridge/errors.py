@@ -64,8 +64,10 @@ body; nothing else should format errors for callers.
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 __all__ = [
     "AccessDenied",
@@ -117,6 +119,7 @@ __all__ = [
     "TokenNotInitialized",
     "UpstreamUnavailable",
     "WrongPin",
+    "fail_closed",
     "render_json",
 ]
 
@@ -447,6 +450,34 @@ class DatabaseError(KorpuError):
     """The database failed; the transaction was rolled back."""
 
     code = "DatabaseError"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def fail_closed(fault: type[KorpuError], message: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a function so that any exception it raises but a :class:`KorpuError` becomes ``fault(message)``.
+
+    For checks of what comes from outside (timestamp tokens, OCSP responses): the parsing libraries raise whatever
+    they raise for hostile or merely unusual input (asn1crypto an ``AttributeError``, cryptography
+    ``UnsupportedAlgorithm``), and the caller must get its stable fault — and try the next TSA or responder, or
+    report the evidence as failing — never a traceback.
+    """
+
+    def wrap(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return function(*args, **kwargs)
+            except KorpuError:
+                raise
+            except Exception as exc:
+                raise fault(message) from exc
+
+        return checked
+
+    return wrap
 
 
 def render_json(error: KorpuError, correlation_id: str | None = None) -> bytes:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bridge.errors import CertificateInvalid, CertificateRevoked, PkiError
+from bridge.errors import CertificateInvalid, CertificateRevoked, PkiError, fail_closed
 from bridge.pki.keys import as_public_key, verify_signature
 
 __all__ = [
@@ -138,6 +138,7 @@ def _authorise_signer(
         raise CertificateInvalid("the OCSP responder certificate is not valid now")
 
 
+@fail_closed(CertificateInvalid, "the OCSP response cannot be checked")
 def verify_ocsp_response(
     der: bytes,
     cert: x509.Certificate,
@@ -157,24 +158,6 @@ def verify_ocsp_response(
     cryptography parses parts lazily and raises ``UnsupportedAlgorithm`` or ``ValueError`` for an unknown
     algorithm in them, which must cost this response (the caller tries the next responder), never more.
     """
-    try:
-        return _verify_ocsp_response(der, cert, issuer, trusted_responder_certs, now, max_age, nonce, clock_skew)
-    except CertificateInvalid:
-        raise
-    except Exception as exc:
-        raise CertificateInvalid("the OCSP response cannot be checked") from exc
-
-
-def _verify_ocsp_response(
-    der: bytes,
-    cert: x509.Certificate,
-    issuer: x509.Certificate,
-    trusted_responder_certs: Sequence[x509.Certificate],
-    now: dt.datetime,
-    max_age: dt.timedelta,
-    nonce: bytes | None,
-    clock_skew: dt.timedelta,
-) -> OcspStatus:
     if now.tzinfo is None:
         raise CertificateInvalid("verification time must be timezone-aware")
     # (1) Parse, and accept only a successful response (the other statuses are unsigned).

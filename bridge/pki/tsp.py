@@ -7,18 +7,17 @@ asn1crypto (untyped) is used only inside this module; the public functions take 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import secrets
-from collections.abc import Callable, Collection
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from collections.abc import Collection
+from typing import Any, ClassVar
 
 from asn1crypto import cms, core, parser, tsp
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from bridge.errors import CertificateInvalid, KorpuError, PkiError
+from bridge.errors import CertificateInvalid, PkiError, fail_closed
 from bridge.pki.keys import as_public_key, verify_signature
 from bridge.pki.profile import check_tsa_cert
 
@@ -61,33 +60,6 @@ _SIG_HASH = {
 }
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _fail_closed(message: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Turn any exception but a :class:`KorpuError` into ``PkiError(message)``.
-
-    Tokens and responses come from the network or from evidence files: whatever asn1crypto makes of a hostile one
-    (it raises ``AttributeError`` for some well-formed but unusual values), the caller gets the stable fault and
-    tries the next TSA, or reports the evidence as failing — never a traceback.
-    """
-
-    def wrap(function: Callable[_P, _R]) -> Callable[_P, _R]:
-        @functools.wraps(function)
-        def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            try:
-                return function(*args, **kwargs)
-            except KorpuError:
-                raise
-            except Exception as exc:
-                raise PkiError(message) from exc
-
-        return checked
-
-    return wrap
-
-
 def _check_alg(hash_alg: str, digest: bytes | None = None) -> None:
     if hash_alg not in _DIGEST_SIZES:
         raise PkiError(f"unsupported timestamp hash algorithm {hash_alg!r}")
@@ -119,10 +91,10 @@ def timestamp_request_nonce(request_der: bytes) -> int | None:
     return int(value) if value is not None else None
 
 
-@_fail_closed("the timestamp response does not parse")
+@fail_closed(PkiError, "the timestamp response does not parse")
 def parse_timestamp_response(der: bytes) -> bytes:
     """The DER timestamp token (a CMS ContentInfo) in a TimeStampResp; raise :class:`PkiError` if not granted."""
-    response = TimeStampRespAsn1.load(der, strict=True)  # a malformed one: "does not parse" (_fail_closed)
+    response = TimeStampRespAsn1.load(der, strict=True)  # a malformed one: "does not parse" (fail_closed)
     status = response["status"]["status"].native
     texts = response["status"]["status_string"].native or []
     fail_info = response["status"]["fail_info"].native
@@ -138,7 +110,7 @@ def parse_timestamp_response(der: bytes) -> bytes:
     return bytes(token.dump())
 
 
-@_fail_closed("the timestamp token does not parse")
+@fail_closed(PkiError, "the timestamp token does not parse")
 def verify_timestamp_token(
     token_der: bytes,
     *,
@@ -156,7 +128,7 @@ def verify_timestamp_token(
     # (1) The TSA certificate fits the TSA profile.
     check_tsa_cert(tsa_cert)
     # (2) Parse: a ContentInfo holding SignedData over a TSTInfo, with exactly one signer.
-    #     What asn1crypto raises on a malformed token becomes "does not parse" (_fail_closed).
+    #     What asn1crypto raises on a malformed token becomes "does not parse" (fail_closed).
     content_info = cms.ContentInfo.load(token_der, strict=True)
     if content_info["content_type"].native != "signed_data":
         raise PkiError("the timestamp token is not CMS SignedData")
@@ -190,7 +162,7 @@ def verify_timestamp_token(
     return gen_time
 
 
-@_fail_closed("the timestamp token does not parse")
+@fail_closed(PkiError, "the timestamp token does not parse")
 def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> None:
     """Check the parts of a token its signature does not cover; raise :class:`PkiError` if one is unexpected.
 
@@ -203,7 +175,7 @@ def check_token_envelope(token_der: bytes, known_certs: Collection[bytes]) -> No
 
     The DER test compares the token with asn1crypto's forced re-encoding (:func:`_der_reencoding`, 2-10 ms), and
     every header nested in its constructed values with the DER header (:func:`_der_headers`).  What asn1crypto
-    raises on a malformed token (RecursionError for one nested too deep) becomes "does not parse" (_fail_closed).
+    raises on a malformed token (RecursionError for one nested too deep) becomes "does not parse" (fail_closed).
     """
     content_info = cms.ContentInfo.load(token_der, strict=True)
     if not _der_headers(token_der) or _der_reencoding(content_info) != token_der:

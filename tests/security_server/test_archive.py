@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import shutil
@@ -176,8 +177,6 @@ def test_live_log_tampering_is_named(pki: Pki) -> None:
 
 def test_a_live_log_starting_at_a_record_with_a_non_hex_prev_hash_fails_verification(pki: Pki) -> None:
     """After archiving, the first live record's prev_hash starts the chain: tampered to non-hex, it is named."""
-    import dataclasses
-
     store = MemoryLogStore()
     builder = filled(pki, store, 2)
     del store._records[1]  # as if archived and deleted
