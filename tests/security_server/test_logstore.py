@@ -16,7 +16,7 @@ from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from bridge.spool import Spool
 from security_server.messagelog import LogQuery
 from security_server.messagelog import store as store_module
-from security_server.messagelog.store import INLINE_BODY_MAX, SqlLogStore, _Checkpointer, normalise_time
+from security_server.messagelog.store import INLINE_BODY_MAX, MIGRATIONS, SqlLogStore, _Checkpointer, normalise_time
 
 SERVER = "SERVER:AZ/GOV/1400057421/ss1"
 BANK = "SUBSYSTEM:AZ/COM/9900001111/loans"
@@ -99,6 +99,7 @@ def test_reopening_keeps_records_and_applies_migrations_once(db_url: str, tmp_pa
             (4,),
             (5,),
             (6,),
+            (7,),
         ]
     finally:
         second.close()
@@ -393,11 +394,11 @@ def test_migration_6_indexes_an_existing_sqlite_log(tmp_path: Path) -> None:
     head = old.head()
     with old._writing() as conn:  # back to version 5
         conn.execute("DROP INDEX log_records_stamping")
-        conn.execute("DELETE FROM schema_version WHERE version = 6")
+        conn.execute("DELETE FROM schema_version WHERE version >= 6")
     old.close()
     new = SqlLogStore(url, tmp_path / "bodies")
     try:
-        assert new._query("SELECT MAX(version) FROM schema_version") == [(6,)]
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(MIGRATIONS[-1].version,)]
         assert new._query("SELECT sql FROM sqlite_master WHERE name = 'log_records_stamping'") == [
             ("CREATE INDEX log_records_stamping ON log_records (seq, hash, at)",)
         ]
@@ -592,7 +593,7 @@ def test_migration_4_moves_inline_bodies_under_their_newest_record(db_url: str, 
     old.close()
     new = SqlLogStore(db_url, tmp_path / "log")
     try:
-        assert new._query("SELECT MAX(version) FROM schema_version") == [(6,)]
+        assert new._query("SELECT MAX(version) FROM schema_version") == [(MIGRATIONS[-1].version,)]
         assert small_bodies(new) == sorted([(1, 0, own), (3, 0, shared)])
         # Record 1 names the shared body too: found under record 3 through log_bodies.
         assert [new.body(own, 1), new.body(shared, 1), new.body(shared, 3), new.body("ab" * 64, 1)] == [
@@ -721,12 +722,41 @@ def test_postgresql_keeps_records_up_to_a_page_out_of_toast(db_url: str, tmp_pat
     """Migration 5: on PostgreSQL log_records toasts only rows past a page; on SQLite it is recorded, a no-op."""
     store = SqlLogStore(db_url, tmp_path / "log")
     try:
-        assert store._query("SELECT MAX(version) FROM schema_version") == [(6,)]
+        assert store._query("SELECT MAX(version) FROM schema_version") == [(MIGRATIONS[-1].version,)]
         if store.dialect == "postgresql":
             options = store._query("SELECT reloptions FROM pg_class WHERE oid = 'log_records'::regclass")
             assert options == [(["toast_tuple_target=8160"],)]
         records = seal_all([make_record(1, signature="QUJD" * 900)])  # a ~3.6 KB signature: past the old threshold
         store.append(records, {})
         assert store.records(1, 1) == records
+    finally:
+        store.close()
+
+
+def test_postgresql_stores_records_past_a_page_uncompressed(db_url: str, tmp_path: Path) -> None:
+    """Migration 7: a record too large for a page is toasted without a compression attempt; short ones stay inline."""
+    store = SqlLogStore(db_url, tmp_path / "log")
+    try:
+        # A value pglz would compress (repetitive), so that a compression attempt would show.
+        records = seal_all([make_record(1, signature="QUJD" * 3000), make_record(2, signature="QUJD" * 900)])
+        store.append(records, {})
+        assert store.records(1, 2) == records
+        if store.dialect == "postgresql":
+            storage = store._query(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'log_records'::regclass AND attname = 'record'"
+            )
+            assert storage == [("e",)]
+            # pg_column_compression names the method of a compressed value and is NULL for one stored as is (with
+            # the default storage the 12 KB record would be 'pglz'); pg_column_size is the stored size.
+            stored = store._query(
+                "SELECT seq, pg_column_compression(record), pg_column_size(record), octet_length(record)"
+                " FROM log_records ORDER BY seq"
+            )
+            assert [(seq, method) for seq, method, _, _ in stored] == [(1, None), (2, None)]
+            assert all(size >= length for _, _, size, length in stored)
+            toasted = store._query(
+                "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = 'log_records'::regclass"
+            )
+            assert toasted[0][0] > 0  # the big record went out of line
     finally:
         store.close()
