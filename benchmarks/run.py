@@ -288,6 +288,25 @@ def _f(x: float | None, fmt: str = "{:,.0f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def _cpu_row(load: dict[str, Any], korpu: str, base: str, when: str) -> list[tuple[str, str, str, str, str]]:
+    """CPU per exchange of each server (Körpü) and each proxy (baseline), and how busy the machine was.
+
+    Shown at both loads because it differs: at a lower rate each wake-up of an event loop handles fewer events (the
+    baseline's proxies too) and each of a security server's group commits carries fewer records, so every exchange
+    pays more of the fixed costs.
+    """
+    k, b = load.get(korpu), load.get(base)
+    if not (k and b and k.get("cpu") and b.get("cpu")):
+        return []
+
+    def per(result: dict[str, Any], names: tuple[str, str]) -> str:
+        return " / ".join(_f(result["cpu"].get(n, {}).get("ms_per_req"), "{:.2f}") for n in names)
+
+    return [(f"CPU ms per REST exchange {when}: ss-a / ss-b; proxy-a / proxy-b", per(k, ("ss-a", "ss-b")),
+             per(b, ("proxy-a", "proxy-b")), f"both cores {k.get('machine_util', 0):.0%} / "
+             f"{b.get('machine_util', 0):.0%} busy", "info")]  # fmt: skip
+
+
 def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(metric, Körpü, baseline, ratio/target, pass/fail) for every measurement."""
     out: list[tuple[str, str, str, str, str]] = []
@@ -303,6 +322,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f}", "", "info"))  # fmt: skip
             out.append((f"{kind.upper()} errors", str(k["errors"]), str(b["errors"]), "",
                         "PASS" if k["errors"] == 0 else "FAIL"))  # fmt: skip
+    out.extend(_cpu_row(load, "korpu_rest", "base_rest", "at max"))
     if "korpu_rest" in load:
         k = load["korpu_rest"]
         out.append(("load generator CPU / other jobs' CPU (cores) during REST", f"{k['client_cpu_util']:.2f} / "
@@ -316,6 +336,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append((f"p99 at half load ({hk['rate']:.0f} req/s, open loop, ms)", f"{hk['p99_ms']:.1f}",
                     f"{hb['p99_ms']:.1f}", f"+{added:.1f} ms (target ≤ +10)",
                     "PASS" if added <= TARGETS["added_p99_ms"] else "FAIL"))  # fmt: skip
+    out.extend(_cpu_row(load, "korpu_half", "base_half", "at half load"))
     fs = res.get("fsync")
     if fs and fs.get("n"):
         out.append(("fdatasync of 16 KiB on the logs' disk, idle: p50 / p99 / p99.9 / max (ms)",
