@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import gc
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -284,6 +285,74 @@ async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlL
         assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
         assert (await log.append(make_record(3), {})).seq == 2
     verify_chain(sql_store.records(1, 2))
+
+
+async def test_a_caller_resumes_in_the_loop_iteration_after_its_outcome_arrives(
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One trip round the event loop from the writer's outcome to the caller, not two (no asyncio.shield between).
+
+    Under load each trip waits for everything else ready on the loop, and an exchange waits for four records.
+    """
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    ticking = True
+
+    def tick() -> None:  # runs once per loop iteration while ticking
+        nonlocal ticks
+        ticks += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    async with MessageLog(sql_store, server_id=SERVER) as log:
+        resolved_at: list[int] = []
+        real = log._resolve
+
+        def spy(live: list[writer._Pending], rows: list[SealedRow]) -> None:
+            resolved_at.append(ticks)
+            real(live, rows)
+
+        monkeypatch.setattr(log, "_resolve", spy)
+        loop.call_soon(tick)
+        try:
+            for i in range(5):
+                await log.append(make_record(i), {})
+                assert ticks - resolved_at[-1] == 1
+        finally:
+            ticking = False
+
+
+async def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(sql_store: SqlLogStore) -> None:
+    """A caller cancelled while the writer stores its record returns once the outcome is in, also a failure.
+
+    The cancelled caller leaves no unretrieved exception behind, and a second cancel does not cut the wait short.
+    """
+    store = BlockingStore(sql_store)
+    store.fail = True
+    part, bodies = part_with_body(b"<Envelope/>")
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        async with MessageLog(store, server_id=SERVER) as log:
+            in_progress = asyncio.create_task(log.append(make_record(1, parts=(part,)), bodies))
+            assert await asyncio.to_thread(store.entered.wait, 10) is True
+            in_progress.cancel()
+            await asyncio.sleep(0)
+            in_progress.cancel()  # again, while it waits for the writer
+            await asyncio.sleep(0)
+            assert not in_progress.done()  # the writer still reads its bodies
+            store.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await in_progress  # hangs if the failure never reaches the cancelled caller
+            assert sql_store.head()[0] == 0  # the failed group stored nothing
+            store.fail = False
+            assert (await log.append(make_record(2), {})).seq == 1
+        gc.collect()  # an exception set on a future nobody retrieved is reported when the future is collected
+        await asyncio.sleep(0)
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
