@@ -7,8 +7,9 @@ import dataclasses
 import datetime as dt
 import gc
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,6 +247,31 @@ async def test_check_raises_once_the_timestamping_grace_is_exceeded(sql_store: S
         assert (await log.append(make_record(2), {})).seq == 2
 
 
+def run_within(seconds: float, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` on an event loop of its own in a daemon thread; fail if it is not done within ``seconds``.
+
+    For the cancellation tests: a cancelled caller waiting for the writer refuses further cancels (its bodies may be
+    in use), so a regression that never wakes it would hang the test run — here it fails the test instead.
+    """
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the test's thread below
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"not done within {seconds} s: a caller is waiting for ever")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 class BlockingStore(CountingStore):
     """A store whose ``append`` waits (in its worker thread) until the test releases it."""
 
@@ -261,30 +287,38 @@ class BlockingStore(CountingStore):
         super().append(records, bodies)
 
 
-async def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlLogStore) -> None:
+def test_cancelled_callers_never_leave_half_written_bodies(db_url: str, tmp_path: Path) -> None:
     """Cancelled callers never leave a half-written body or a gap in the chain.
 
     One cancelled while the writer stores its record returns only once it is stored (its bodies were in use); one
     cancelled while still queued is dropped unsealed.
     """
+    sql_store = SqlLogStore(db_url, tmp_path / "log")
     store = BlockingStore(sql_store)
     part, bodies = part_with_body(b"<Envelope/>")
-    async with MessageLog(store, server_id=SERVER) as log:
-        in_progress = asyncio.create_task(log.append(make_record(1, parts=(part,)), bodies))
-        assert await asyncio.to_thread(store.entered.wait, 10) is True
-        queued = asyncio.create_task(log.append(make_record(2), {}))
-        await asyncio.sleep(0)  # let it reach the queue (a yield, not a wait for time)
-        in_progress.cancel()
-        queued.cancel()
-        await asyncio.sleep(0)
-        assert (in_progress.done(), queued.done()) == (False, True)
-        store.release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await in_progress
-        assert sql_store.head()[0] == 1
-        assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
-        assert (await log.append(make_record(3), {})).seq == 2
-    verify_chain(sql_store.records(1, 2))
+
+    async def main() -> None:
+        async with MessageLog(store, server_id=SERVER) as log:
+            in_progress = asyncio.create_task(log.append(make_record(1, parts=(part,)), bodies))
+            assert await asyncio.to_thread(store.entered.wait, 10) is True
+            queued = asyncio.create_task(log.append(make_record(2), {}))
+            await asyncio.sleep(0)  # let it reach the queue (a yield, not a wait for time)
+            in_progress.cancel()
+            queued.cancel()
+            await asyncio.sleep(0)
+            assert (in_progress.done(), queued.done()) == (False, True)
+            store.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await in_progress
+            assert sql_store.head()[0] == 1
+            assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
+            assert (await log.append(make_record(3), {})).seq == 2
+
+    try:
+        run_within(30, main)
+        verify_chain(sql_store.records(1, 2))
+    finally:
+        sql_store.close()
 
 
 async def test_a_caller_resumes_in_the_loop_iteration_after_its_outcome_arrives(
@@ -322,18 +356,19 @@ async def test_a_caller_resumes_in_the_loop_iteration_after_its_outcome_arrives(
             ticking = False
 
 
-async def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(sql_store: SqlLogStore) -> None:
+def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(db_url: str, tmp_path: Path) -> None:
     """A caller cancelled while the writer stores its record returns once the outcome is in, also a failure.
 
     The cancelled caller leaves no unretrieved exception behind, and a second cancel does not cut the wait short.
     """
+    sql_store = SqlLogStore(db_url, tmp_path / "log")
     store = BlockingStore(sql_store)
     store.fail = True
     part, bodies = part_with_body(b"<Envelope/>")
-    loop = asyncio.get_running_loop()
     unhandled: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
-    try:
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unhandled.append(context))
         async with MessageLog(store, server_id=SERVER) as log:
             in_progress = asyncio.create_task(log.append(make_record(1, parts=(part,)), bodies))
             assert await asyncio.to_thread(store.entered.wait, 10) is True
@@ -344,15 +379,98 @@ async def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(sq
             assert not in_progress.done()  # the writer still reads its bodies
             store.release.set()
             with pytest.raises(asyncio.CancelledError):
-                await in_progress  # hangs if the failure never reaches the cancelled caller
+                await in_progress
             assert sql_store.head()[0] == 0  # the failed group stored nothing
             store.fail = False
             assert (await log.append(make_record(2), {})).seq == 1
         gc.collect()  # an exception set on a future nobody retrieved is reported when the future is collected
         await asyncio.sleep(0)
-        assert unhandled == []
+
+    try:
+        run_within(30, main)
     finally:
-        loop.set_exception_handler(None)
+        sql_store.close()
+    assert unhandled == []
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_cancel_in_the_same_iteration_as_the_outcome_returns_at_once(db_url: str, tmp_path: Path, when: str) -> None:
+    """A caller cancelled in the loop iteration that brings its outcome (before or after it is set) ends at once.
+
+    Its record is stored: the cancel came after the commit, and the outcome is already in when the caller sees it.
+    """
+    sql_store = SqlLogStore(db_url, tmp_path / "log")
+
+    async def main() -> None:
+        async with MessageLog(sql_store, server_id=SERVER) as log:
+            caller: asyncio.Task[LogRecord] | None = None
+            real = log._resolve
+
+            def cancelling(live: list[writer._Pending], rows: list[SealedRow]) -> None:
+                assert caller is not None
+                if when == "before":
+                    caller.cancel()
+                real(live, rows)
+                if when == "after":
+                    caller.cancel()
+
+            log._resolve = cancelling  # type: ignore[method-assign]
+            caller = asyncio.create_task(log.append(make_record(1), {}))
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert sql_store.head()[0] == 1
+
+    try:
+        run_within(30, main)
+    finally:
+        sql_store.close()
+
+
+class WriterCrash(BaseException):
+    """Not an Exception: nothing in the writer thread catches it, so the thread ends with a group in hand."""
+
+
+def test_a_writer_that_crashes_answers_every_caller_in_hand_or_queued(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash of the writer thread fails the queued callers and releases a cancelled one whose record it held."""
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the crash is the test's, not a failure
+    sql_store = SqlLogStore(db_url, tmp_path / "log")
+
+    class CrashingStore(BlockingStore):
+        def append(self, records: Sequence[LogRecord], bodies: Mapping[str, Spool]) -> None:
+            self.entered.set()
+            self.release.wait(10)
+            raise WriterCrash
+
+    store = CrashingStore(sql_store)
+    part, bodies = part_with_body(b"<Envelope/>")
+
+    async def main() -> None:
+        log = MessageLog(store, server_id=SERVER)
+        await log.start()
+        in_progress = asyncio.create_task(log.append(make_record(1, parts=(part,)), bodies))
+        assert await asyncio.to_thread(store.entered.wait, 10) is True
+        queued = asyncio.create_task(log.append(make_record(2), {}))
+        await asyncio.sleep(0)
+        in_progress.cancel()
+        await asyncio.sleep(0)
+        assert not in_progress.done()  # the writer holds its record
+        store.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await in_progress
+        with pytest.raises(LoggingFailed, match="writer has stopped"):
+            await queued
+        assert log._broken
+        with pytest.raises(LoggingFailed, match="writer has stopped"):
+            log.check()
+        await log.stop()
+
+    try:
+        run_within(30, main)
+        assert sql_store.head()[0] == 0
+    finally:
+        sql_store.close()
 
 
 async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
