@@ -14,7 +14,11 @@ The log is generated straight into a :class:`SqlLogStore` database, bypassing th
   checked byte for byte against ``sealed_row(record.sealed(…))`` for a sample, and after loading the chain is
   verified with :func:`verify_chain` over the first records and a window at the end.
 * records look like a REST exchange logged metadata-only: one part (digest, not stored), a ~350 B base64 signature,
-  a decision and timings: ~1.4 KB of JSON each.
+  a decision and timings: ~1.4 KB of JSON each.  With ``--exchange-records`` they carry what an exchange's records
+  really carry (as ``logappend.py``'s): a 3,475-byte signature document and two 910-byte OCSP responses, base64 —
+  ~8.1 KB of JSON, past a database page, so a query reads overflow pages (SQLite) or TOAST (PostgreSQL) for every
+  record it returns.  Such a log took 9.0 KB per record on SQLite (27 GB for 3 M): 10 M of them need ~90 GB, so
+  this shape is for measuring what the record size does to the query at a size the disk holds (``--records``).
 * persons: every record has a ``userId`` (one of 5 000 officials, ~2 000 records each) and one declared person:
   80 % drawn uniformly from 1 000 000 citizens (~8 records each), 20 % from 1 000 "frequent" ones (~2 000 each).
 
@@ -78,6 +82,13 @@ TARGET_MS = 100.0
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 #: ~10 M records over a year: one every ~3 s.
 STEP_US = 3_150_000
+#: The signature and OCSP sizes of an exchange record on the benchmark bed (see logappend.py); used with
+#: ``--exchange-records``, whose logs are cached under names ending in :data:`EXCHANGE_SUFFIX`.
+EXCHANGE_SIGNATURE_BYTES = 3475
+EXCHANGE_OCSP_BYTES = 910
+EXCHANGE_SUFFIX = "-exchange"
+#: The record shape this run generates: set once by ``run`` before anything is generated.
+_exchange_records = False
 
 CLIENTS = (
     "SUBSYSTEM:AZ/COM/9900001111/loans",
@@ -144,7 +155,12 @@ def fields(seq: int, rng: random.Random) -> Fields:
 
 def template_record() -> LogRecord:
     """The record every generated one is a variation of (also used to build real records for checking)."""
-    signature = base64.b64encode(random.Random(7).randbytes(260)).decode()  # noqa: S311 - ~350 B base64
+    rng = random.Random(7)  # noqa: S311 - reproducible test data
+    if _exchange_records:
+        signature = base64.b64encode(rng.randbytes(EXCHANGE_SIGNATURE_BYTES)).decode()
+        ocsp = tuple(base64.b64encode(rng.randbytes(EXCHANGE_OCSP_BYTES)).decode() for _ in range(2))
+    else:
+        signature, ocsp = base64.b64encode(rng.randbytes(260)).decode(), ()  # ~350 B base64
     return LogRecord(
         at="",
         server=SERVER,
@@ -158,6 +174,7 @@ def template_record() -> LogRecord:
         issue="CASE-2024-0042",
         peer="SERVER:AZ/GOV/1400057421/ss2",
         signature=signature,
+        ocsp=ocsp,
         decision={"allowed": True, "rule": "access-right:population/getPerson", "purpose": "eligibility-check"},
         timings_ms={"verify": 1.2, "sign": 0.8, "backend": 14.5},
     )
@@ -431,7 +448,7 @@ def _verify(store: SqlLogStore, records: int) -> None:
 def sqlite_cached(records: int, *, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
     """The cached SQLite database for ``records`` records (generating it if needed) and its metadata."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    path = CACHE_DIR / f"log-{records}-v{VERSION}.db"
+    path = CACHE_DIR / f"log-{records}-v{VERSION}{_suffix()}.db"
     meta_path = path.with_suffix(".json")
     if meta_path.exists() and path.exists() and not rebuild:
         return path, {**json.loads(meta_path.read_text()), "cached": True}
@@ -456,13 +473,22 @@ def _disk_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
 
 
+def _suffix() -> str:
+    return EXCHANGE_SUFFIX if _exchange_records else ""
+
+
+def pg_name(records: int) -> str:
+    """The cached PostgreSQL database's name for ``records`` records of this run's shape."""
+    return f"korpu_personquery_{records}_v{VERSION}{_suffix().replace('-', '_')}"
+
+
 def _pg_url(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def pg_cached(admin_url: str, records: int, *, rebuild: bool = False) -> tuple[str, dict[str, Any]]:
     """The cached PostgreSQL database for ``records`` records (generating it if needed) and its metadata."""
-    name = f"korpu_personquery_{records}_v{VERSION}"
+    name = pg_name(records)
     url = _pg_url(admin_url, name)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         row = conn.execute(
@@ -600,9 +626,15 @@ def run(
     queries: int = 1000,
     sqlite: bool = True,
     rebuild: bool = False,
+    exchange_records: bool = False,
 ) -> dict[str, Any]:
-    """Generate (or reuse) the logs and measure person queries; the harness's entry point."""
-    result: dict[str, Any] = {"records": records, "target_ms": TARGET_MS}
+    """Generate (or reuse) the logs and measure person queries; the harness's entry point.
+
+    ``exchange_records``: records of an exchange's real size (see the module docstring) instead of metadata-only ones.
+    """
+    global _exchange_records
+    _exchange_records = exchange_records
+    result: dict[str, Any] = {"records": records, "target_ms": TARGET_MS, "exchange_records": exchange_records}
     if sqlite:
         path, meta = sqlite_cached(records, rebuild=rebuild)
         q = query_phase(f"sqlite:///{path}", path.parent / (path.name + ".d"), queries, records, path)
@@ -652,16 +684,26 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="regenerate even if cached")
     parser.add_argument("--drop-pg", action="store_true", help="drop the cached PostgreSQL database afterwards")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--exchange-records", action="store_true", help="records of an exchange's real size (~8.1 KB of JSON)"
+    )
     args = parser.parse_args()
     if args.records < SEED_RECORDS:
         parser.error(f"--records must be at least {SEED_RECORDS}")
-    result = run(args.records, args.pg, queries=args.queries, sqlite=not args.skip_sqlite, rebuild=args.rebuild)
+    result = run(
+        args.records,
+        args.pg,
+        queries=args.queries,
+        sqlite=not args.skip_sqlite,
+        rebuild=args.rebuild,
+        exchange_records=args.exchange_records,
+    )
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.pg and args.drop_pg:
         with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "korpu_personquery_{args.records}_v{VERSION}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{pg_name(args.records)}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
