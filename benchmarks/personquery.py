@@ -59,6 +59,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from logappend import OCSP_BYTES, SIGNATURE_BYTES  # the sizes an exchange record carries, in one place
+
 from bridge.messagelog import GENESIS_HASH, LogPart, LogRecord, verify_chain
 from security_server.messagelog import LogQuery
 from security_server.messagelog.store import _RECORD_COLUMNS, SqlLogStore, sealed_row
@@ -82,10 +84,8 @@ TARGET_MS = 100.0
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 #: ~10 M records over a year: one every ~3 s.
 STEP_US = 3_150_000
-#: The signature and OCSP sizes of an exchange record on the benchmark bed (see logappend.py); used with
-#: ``--exchange-records``, whose logs are cached under names ending in :data:`EXCHANGE_SUFFIX`.
-EXCHANGE_SIGNATURE_BYTES = 3475
-EXCHANGE_OCSP_BYTES = 910
+#: ``--exchange-records`` logs (records with logappend.py's signature and OCSP sizes) are cached under names ending
+#: in this.
 EXCHANGE_SUFFIX = "-exchange"
 #: The record shape this run generates: set once by ``run`` before anything is generated.
 _exchange_records = False
@@ -157,8 +157,8 @@ def template_record() -> LogRecord:
     """The record every generated one is a variation of (also used to build real records for checking)."""
     rng = random.Random(7)  # noqa: S311 - reproducible test data
     if _exchange_records:
-        signature = base64.b64encode(rng.randbytes(EXCHANGE_SIGNATURE_BYTES)).decode()
-        ocsp = tuple(base64.b64encode(rng.randbytes(EXCHANGE_OCSP_BYTES)).decode() for _ in range(2))
+        signature = base64.b64encode(rng.randbytes(SIGNATURE_BYTES)).decode()
+        ocsp = tuple(base64.b64encode(rng.randbytes(OCSP_BYTES)).decode() for _ in range(2))
     else:
         signature, ocsp = base64.b64encode(rng.randbytes(260)).decode(), ()  # ~350 B base64
     return LogRecord(

@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import gc
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class CountingStore:
 
 
 @pytest.fixture
-async def sql_store(db_url: str, tmp_path: Path) -> AsyncIterator[SqlLogStore]:
+def sql_store(db_url: str, tmp_path: Path) -> Iterator[SqlLogStore]:
     store = SqlLogStore(db_url, tmp_path / "log")
     try:
         yield store
@@ -287,13 +287,12 @@ class BlockingStore(CountingStore):
         super().append(records, bodies)
 
 
-def test_cancelled_callers_never_leave_half_written_bodies(db_url: str, tmp_path: Path) -> None:
+def test_cancelled_callers_never_leave_half_written_bodies(sql_store: SqlLogStore) -> None:
     """Cancelled callers never leave a half-written body or a gap in the chain.
 
     One cancelled while the writer stores its record returns only once it is stored (its bodies were in use); one
     cancelled while still queued is dropped unsealed.
     """
-    sql_store = SqlLogStore(db_url, tmp_path / "log")
     store = BlockingStore(sql_store)
     part, bodies = part_with_body(b"<Envelope/>")
 
@@ -314,11 +313,8 @@ def test_cancelled_callers_never_leave_half_written_bodies(db_url: str, tmp_path
             assert sql_store.body(part.sha512, 1) == b"<Envelope/>"
             assert (await log.append(make_record(3), {})).seq == 2
 
-    try:
-        run_within(30, main)
-        verify_chain(sql_store.records(1, 2))
-    finally:
-        sql_store.close()
+    run_within(30, main)
+    verify_chain(sql_store.records(1, 2))
 
 
 async def test_a_caller_resumes_in_the_loop_iteration_after_its_outcome_arrives(
@@ -356,12 +352,11 @@ async def test_a_caller_resumes_in_the_loop_iteration_after_its_outcome_arrives(
             ticking = False
 
 
-def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(db_url: str, tmp_path: Path) -> None:
+def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(sql_store: SqlLogStore) -> None:
     """A caller cancelled while the writer stores its record returns once the outcome is in, also a failure.
 
     The cancelled caller leaves no unretrieved exception behind, and a second cancel does not cut the wait short.
     """
-    sql_store = SqlLogStore(db_url, tmp_path / "log")
     store = BlockingStore(sql_store)
     store.fail = True
     part, bodies = part_with_body(b"<Envelope/>")
@@ -386,20 +381,16 @@ def test_a_caller_cancelled_while_its_group_fails_waits_for_the_failure(db_url: 
         gc.collect()  # an exception set on a future nobody retrieved is reported when the future is collected
         await asyncio.sleep(0)
 
-    try:
-        run_within(30, main)
-    finally:
-        sql_store.close()
+    run_within(30, main)
     assert unhandled == []
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_a_cancel_in_the_same_iteration_as_the_outcome_returns_at_once(db_url: str, tmp_path: Path, when: str) -> None:
+def test_a_cancel_in_the_same_iteration_as_the_outcome_returns_at_once(sql_store: SqlLogStore, when: str) -> None:
     """A caller cancelled in the loop iteration that brings its outcome (before or after it is set) ends at once.
 
     Its record is stored: the cancel came after the commit, and the outcome is already in when the caller sees it.
     """
-    sql_store = SqlLogStore(db_url, tmp_path / "log")
 
     async def main() -> None:
         async with MessageLog(sql_store, server_id=SERVER) as log:
@@ -420,10 +411,7 @@ def test_a_cancel_in_the_same_iteration_as_the_outcome_returns_at_once(db_url: s
                 await caller
             assert sql_store.head()[0] == 1
 
-    try:
-        run_within(30, main)
-    finally:
-        sql_store.close()
+    run_within(30, main)
 
 
 class WriterCrash(BaseException):
@@ -431,11 +419,10 @@ class WriterCrash(BaseException):
 
 
 def test_a_writer_that_crashes_answers_every_caller_in_hand_or_queued(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sql_store: SqlLogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash of the writer thread fails the queued callers and releases a cancelled one whose record it held."""
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the crash is the test's, not a failure
-    sql_store = SqlLogStore(db_url, tmp_path / "log")
 
     class CrashingStore(BlockingStore):
         def append(self, records: Sequence[LogRecord], bodies: Mapping[str, Spool]) -> None:
@@ -466,11 +453,8 @@ def test_a_writer_that_crashes_answers_every_caller_in_hand_or_queued(
             log.check()
         await log.stop()
 
-    try:
-        run_within(30, main)
-        assert sql_store.head()[0] == 0
-    finally:
-        sql_store.close()
+    run_within(30, main)
+    assert sql_store.head()[0] == 0
 
 
 async def test_the_reference_check_runs_on_the_first_record_and_one_in_sixteen(
