@@ -169,9 +169,9 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (including reaped children), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """User + system CPU seconds a process (or only its main thread) has used, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
