@@ -70,7 +70,8 @@ def component(frames: list[str]) -> str:
     if not kept:
         return "other native"
     leaf = frames[kept[-1]]
-    below = frames[kept[-1] + 1] if kept[-1] + 1 < len(frames) else ""  # the libc call it made, if any
+    # The C library call it made, if any (past any inlined header frames).
+    below = next((f for f in frames[kept[-1] + 1 :] if "(libc.so" in f), "")
     if _GIL_WAIT.search(below):
         return WAITING + "GIL"
     if _LOCK_WAIT.search(leaf):

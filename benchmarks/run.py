@@ -92,13 +92,15 @@ def loadgen(url: str, *extra: str, watch: dict[str, int] | None = None) -> dict[
     busy_cores = (m1[0] - m0[0]) / wall
     # CPU over the whole run (warm-up included) divided by every request the run sent.
     total = result["sent"]
+    used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watch.items()}
+    loop_used = {name: cpu_seconds(pid, main_thread=True) - loop0[name] for name, pid in watch.items()}
     result["cpu"] = {
         name: {
-            "util": round((cpu_seconds(pid) - cpu0[name]) / wall, 3),
-            "ms_per_req": round((cpu_seconds(pid) - cpu0[name]) * 1000 / max(total, 1), 3),
-            "loop_ms_per_req": round((cpu_seconds(pid, main_thread=True) - loop0[name]) * 1000 / max(total, 1), 3),
+            "util": round(used[name] / wall, 3),
+            "ms_per_req": round(used[name] * 1000 / max(total, 1), 3),
+            "loop_ms_per_req": round(loop_used[name] * 1000 / max(total, 1), 3),
         }
-        for name, pid in watch.items()
+        for name in watch
     }
     ours = sum(c["util"] for c in result["cpu"].values()) + result["client_cpu_util"]
     result["machine_util"] = round((m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), 3)
@@ -306,9 +308,7 @@ def _cpu_row(load: dict[str, Any], korpu: str, base: str, when: str) -> list[tup
         return " / ".join(_f(result["cpu"].get(n, {}).get("ms_per_req"), "{:.2f}") for n in names)
 
     def split(name: str) -> str:
-        c = k["cpu"].get(name, {})
-        if c.get("loop_ms_per_req") is None or c.get("ms_per_req") is None:
-            return "—"
+        c = k["cpu"][name]
         return f"{c['loop_ms_per_req']:.2f} + {c['ms_per_req'] - c['loop_ms_per_req']:.2f}"
 
     return [(f"CPU ms per REST exchange {when}: ss-a / ss-b; proxy-a / proxy-b", per(k, ("ss-a", "ss-b")),
